@@ -1,0 +1,126 @@
+"""Every input check of the public API and its error message, in one place.
+
+Public functions validate once, at the boundary, through these helpers; the numerical code
+behind them trusts its inputs. Messages name the argument and show the offending value, as in
+``ValueError: p must be in [0, 1), got 1.3``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_array",
+    "check_block_divides",
+    "check_block_size",
+    "check_finite",
+    "check_matrix",
+    "check_nonnegative",
+    "check_positive_int",
+    "check_probability",
+    "check_same",
+]
+
+
+def check_probability(value: Any, name: str = "p") -> float:
+    """A drop probability: a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # False for NaN as well
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer >= 1 (bools and non-integral floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_block_size(value: Any) -> int:
+    return check_positive_int(value, "block_size")
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_block_divides(block_size: int, d: int, name: str = "d") -> None:
+    if d % block_size:
+        raise ValueError(
+            f"block_size must divide the number of hidden units {name}, "
+            f"got block_size={block_size} and {name}={d}"
+        )
+
+
+def check_finite(array: np.ndarray | torch.Tensor, name: str) -> None:
+    """Refuse NaN and infinities, saying where the first one is."""
+    if isinstance(array, torch.Tensor):
+        bad = ~torch.isfinite(array.detach())
+        if bool(bad.any()):
+            index = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"{name} must be finite, got {array[index].item()} at index {index}")
+    else:
+        bad = ~np.isfinite(array)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name} must be finite, got {array[index]} at index {index}")
+
+
+def _is_real(array: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(array, torch.Tensor):
+        return array.dtype != torch.bool and not array.is_complex()
+    return np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+
+
+def check_array(array: Any, name: str, ndim: int = 2) -> np.ndarray | torch.Tensor:
+    """A non-empty, finite, real NumPy array or torch tensor with ``ndim`` axes.
+
+    Array-likes (lists, tuples) become float64 NumPy arrays.
+    """
+    if not isinstance(array, torch.Tensor | np.ndarray):
+        try:
+            array = np.asarray(array, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"{name} must be a NumPy array or torch tensor, got {type(array).__name__}"
+            ) from error
+    if not _is_real(array):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        what = "vector" if ndim == 1 else f"{ndim}-D matrix"
+        raise ValueError(f"{name} must be a {what}, got shape {tuple(array.shape)}")
+    if 0 in tuple(array.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
+    check_finite(array, name)
+    return array
+
+
+def check_matrix(array: Any, name: str) -> np.ndarray | torch.Tensor:
+    """A non-empty, finite, real 2-D NumPy array or torch tensor."""
+    return check_array(array, name, ndim=2)
+
+
+def check_same(actual: int, expected: int, what: str) -> None:
+    """Two dimensions that must agree, e.g. ``check_same(U.shape[1], V.shape[1], ...)``."""
+    if actual != expected:
+        raise ValueError(f"{what}: got {actual} and {expected}")

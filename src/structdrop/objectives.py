@@ -1,0 +1,265 @@
+"""Exact expected losses of dropout schemes, their penalties, and Monte Carlo estimates.
+
+For any mask law with mean ``mu`` (all nonzero) and characteristic matrix ``Cbar`` (Thm 3.1,
+eq. 14-16)::
+
+    E_z ||Y - U diag(mu)^-1 diag(z) G||^2 = ||Y - U G||^2 + <Cbar, (U^T U) * (G G^T)>.
+
+For the single hidden layer ``G = V^T X`` everything depends on the data only through the Gram
+statistics ``X X^T``, ``Y X^T`` and ``||Y||^2`` (NOTES.md, "Gram form"), so once :class:`Gram` is
+built an evaluation costs ``O(abd + b^2 d + (a+b) d^2)``, independent of the number of samples N.
+
+Inputs are NumPy arrays or torch tensors; results come back in the same kind (a torch scalar keeps
+autograd), in float64 unless the inputs are float32. Data are column-wise: X (b x N), Y (a x N),
+G (d x N), U (a x d), V (b x d).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _validation as check
+from ._arrays import Array, Kind, common_kind, convert, scalar, to_numpy
+from .schemes import DropConnect, Scheme, as_generator
+
+__all__ = [
+    "Gram",
+    "MonteCarloEstimate",
+    "expected_loss",
+    "linear_penalty",
+    "penalty",
+    "sampled_loss",
+]
+
+
+class MonteCarloEstimate(NamedTuple):
+    """A sample mean and its standard error (sample standard deviation / sqrt(n))."""
+
+    mean: float
+    stderr: float
+
+
+@functools.lru_cache(maxsize=64)
+def _characteristic(scheme: Scheme, d: int) -> np.ndarray:
+    cbar = scheme.characteristic(d)
+    cbar.setflags(write=False)
+    return cbar
+
+
+def _check_scheme(scheme: Scheme) -> Scheme:
+    if not isinstance(scheme, Scheme):
+        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    return scheme
+
+
+def _weights(scheme: Scheme, d: int, kind: Kind) -> Array:
+    return convert(_characteristic(scheme, d), kind)
+
+
+def _check_factors(U: Array, V: Array) -> tuple[Array, Array]:
+    U = check.check_matrix(U, "U")
+    V = check.check_matrix(V, "V")
+    check.check_same(U.shape[1], V.shape[1], "U and V must have the same number of columns d")
+    return U, V
+
+
+def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
+    """The regularizer induced by masks on the hidden features ``G`` (Thm 3.1, eq. 15).
+
+    ``Omega = <Cbar, (U^T U) * (G G^T)> = sum_ij Cbar_ij (u_i^T u_j)(g_i^T g_j)``, where ``g_i``
+    is row i of G. For Dropout this is ``(1-theta)/theta sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2;
+    eq. 17 omits the factor ``(1-theta)/theta``, see NOTES.md). ``DropConnect`` here masks the
+    entries of the last matrix U, whose regularizer is exactly Dropout's.
+
+    Args:
+        U: (a, d) last-layer weights.
+        G: (d, N) hidden features, one column per sample.
+        scheme: the mask law on the d units.
+
+    Returns:
+        The penalty, a scalar of the inputs' kind.
+    """
+    scheme = _check_scheme(scheme)
+    U = check.check_matrix(U, "U")
+    G = check.check_matrix(G, "G")
+    check.check_same(U.shape[1], G.shape[0], "U's columns must match G's rows (d)")
+    kind = common_kind(U, G)
+    U, G = convert(U, kind), convert(G, kind)
+    cbar = _weights(scheme, U.shape[1], kind)
+    return scalar((cbar * (U.T @ U) * (G @ G.T)).sum(), kind)
+
+
+@dataclass(frozen=True)
+class Gram:
+    """The statistics of a data set that the linear objectives depend on (NOTES.md, Gram form).
+
+    ``xx = X X^T`` (b x b), ``yx = Y X^T`` (a x b) and ``yy = ||Y||_F^2``. Build once with
+    :meth:`from_data`; every evaluation afterwards costs nothing in N.
+    """
+
+    xx: Array
+    yx: Array | None
+    yy: Array | None
+    kind: Kind
+
+    @classmethod
+    def from_data(cls, X: Array, Y: Array | None = None) -> Gram:
+        """Gram statistics of inputs X (b x N) and, optionally, targets Y (a x N)."""
+        X = check.check_matrix(X, "X")
+        if Y is None:
+            kind = common_kind(X)
+            X = convert(X, kind)
+            return cls(xx=X @ X.T, yx=None, yy=None, kind=kind)
+        Y = check.check_matrix(Y, "Y")
+        check.check_same(Y.shape[1], X.shape[1], "X and Y must have the same number of samples N")
+        kind = common_kind(X, Y)
+        X, Y = convert(X, kind), convert(Y, kind)
+        return cls(xx=X @ X.T, yx=Y @ X.T, yy=(Y * Y).sum(), kind=kind)
+
+    def _factors(self, U: Array, V: Array, *, needs_y: bool) -> tuple[Array, Array, Kind]:
+        """Validated factors and the kind of the evaluation (the statistics' and theirs)."""
+        U, V = _check_factors(U, V)
+        check.check_same(V.shape[0], self.xx.shape[0], "V's rows must match X's rows (b)")
+        if needs_y:
+            if self.yx is None:
+                raise ValueError("these statistics were built without Y; pass Y to from_data")
+            check.check_same(U.shape[0], self.yx.shape[0], "U's rows must match Y's rows (a)")
+        kind = common_kind(U, V, self.xx)
+        return convert(U, kind), convert(V, kind), kind
+
+    def fit(self, U: Array, V: Array) -> Array:
+        """``||Y - U V^T X||_F^2 = ||Y||^2 - 2 <U, Y X^T V> + <U^T U, V^T X X^T V>``."""
+        U, V, kind = self._factors(U, V, needs_y=True)
+        xx, yx, yy = (convert(s, kind) for s in (self.xx, self.yx, self.yy))
+        value = yy - 2.0 * (U * (yx @ V)).sum() + ((U.T @ U) * (V.T @ xx @ V)).sum()
+        return scalar(value, kind)
+
+    def penalty(self, U: Array, V: Array, scheme: Scheme) -> Array:
+        """The regularizer of ``scheme`` on the single hidden layer ``U V^T X``.
+
+        Masks on the hidden units: ``<Cbar * (U^T U), V^T X X^T V>`` (eq. 15 with G = V^T X;
+        eq. 5 for GridBlock). ``DropConnect`` masks the entries of V (eq. 19), and its
+        regularizer is ``(1-theta)/theta sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2`` with ``x_j`` row
+        j of X: Thm 4.1's ``sum_k ||u_k||^2 ||X^T v_k||^2`` holds only when ``X X^T`` is diagonal
+        (NOTES.md).
+        """
+        scheme = _check_scheme(scheme)
+        U, V, kind = self._factors(U, V, needs_y=False)
+        xx = convert(self.xx, kind)
+        if isinstance(scheme, DropConnect):
+            theta = scheme.keep_prob
+            unit_norms = (U * U).sum(0)
+            weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
+            value = (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
+        else:
+            cbar = _weights(scheme, U.shape[1], kind)
+            value = (cbar * (U.T @ U) * (V.T @ xx @ V)).sum()
+        return scalar(value, kind)
+
+    def expected_loss(self, U: Array, V: Array, scheme: Scheme) -> Array:
+        """``E ||Y - U diag(mu)^-1 diag(z) V^T X||^2 = fit + penalty`` (eq. 4, eq. 14)."""
+        return self.fit(U, V) + self.penalty(U, V, scheme)
+
+
+def linear_penalty(U: Array, V: Array, X: Array, scheme: Scheme) -> Array:
+    """The regularizer of ``scheme`` on the network ``U V^T X`` (eq. 5, eq. 15, NOTES.md).
+
+    Equals ``penalty(U, V^T X, scheme)`` for masks on the hidden units, computed in the Gram form;
+    for ``DropConnect`` the masks fall on V's entries (corrected Thm 4.1, see :meth:`Gram.penalty`).
+
+    Args:
+        U: (a, d) output weights.
+        V: (b, d) input weights.
+        X: (b, N) inputs, one column per sample.
+        scheme: the mask law.
+    """
+    return Gram.from_data(X).penalty(U, V, scheme)
+
+
+def expected_loss(Y: Array, U: Array, V: Array, X: Array, scheme: Scheme) -> Array:
+    """The deterministic objective ``||Y - U V^T X||^2 + linear_penalty(U, V, X, scheme)``.
+
+    It equals ``E_z ||Y - U diag(mu)^-1 diag(z) V^T X||_F^2`` (Lemma 2.1 eq. 4, Thm 3.1 eq. 14),
+    and for DropConnect ``E_Z ||Y - (1/theta) U (Z * V)^T X||_F^2`` (eq. 19). Computed in the Gram
+    form: absolute accuracy about ``eps * ||Y||^2``.
+
+    Args:
+        Y: (a, N) targets.
+        U: (a, d) output weights.
+        V: (b, d) input weights.
+        X: (b, N) inputs.
+        scheme: the mask law.
+    """
+    return Gram.from_data(X, Y).expected_loss(U, V, scheme)
+
+
+def sampled_loss(
+    Y: Array,
+    U: Array,
+    V: Array,
+    X: Array,
+    scheme: Scheme,
+    num_samples: int,
+    seed: np.random.Generator | int | None = None,
+) -> MonteCarloEstimate:
+    """Monte Carlo estimate of :func:`expected_loss` from ``num_samples`` independent masks.
+
+    Each mask's loss ``||Y - U diag(z / mu) V^T X||^2`` is evaluated exactly (in the Gram form,
+    ``O(d^2)`` per mask); DropConnect draws a fresh (b, d) mask of V per sample.
+
+    Args:
+        Y, U, V, X: as in :func:`expected_loss`.
+        scheme: the mask law.
+        num_samples: number of masks, >= 2 (the standard error needs two).
+        seed: a ``numpy.random.Generator``, an integer seed, or None.
+
+    Returns:
+        ``MonteCarloEstimate(mean, stderr)`` as Python floats.
+    """
+    scheme = _check_scheme(scheme)
+    num_samples = check.check_positive_int(num_samples, "num_samples")
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}")
+    rng = as_generator(seed)
+    stats = Gram.from_data(X, Y)
+    stats._factors(U, V, needs_y=True)  # validates shapes
+    U, V = to_numpy(U), to_numpy(V)
+    xx, yx, yy = to_numpy(stats.xx), to_numpy(stats.yx), float(to_numpy(stats.yy))
+    if isinstance(scheme, DropConnect):
+        losses = _dropconnect_losses(U, V, xx, yx, yy, scheme, num_samples, rng)
+    else:
+        d = U.shape[1]
+        scales = scheme.sample(num_samples, d, rng) / scheme.mean(d)
+        linear = (U * (yx @ V)).sum(0)
+        quadratic = (U.T @ U) * (V.T @ xx @ V)
+        losses = yy - 2.0 * scales @ linear + np.einsum("ni,ij,nj->n", scales, quadratic, scales)
+    return MonteCarloEstimate(
+        float(losses.mean()), float(losses.std(ddof=1) / np.sqrt(num_samples))
+    )
+
+
+def _dropconnect_losses(
+    U: np.ndarray,
+    V: np.ndarray,
+    xx: np.ndarray,
+    yx: np.ndarray,
+    yy: float,
+    scheme: DropConnect,
+    num_samples: int,
+    rng: np.random.Generator,
+    chunk: int = 256,
+) -> np.ndarray:
+    b, d = V.shape
+    gram_u = U.T @ U
+    losses = np.empty(num_samples)
+    for start in range(0, num_samples, chunk):
+        n = min(chunk, num_samples - start)
+        masked = scheme.sample(n, b * d, rng).reshape(n, b, d) * V / scheme.keep_prob
+        linear = np.einsum("ad,ab,nbd->n", U, yx, masked)
+        quadratic = np.einsum("nbi,bc,ncj,ij->n", masked, xx, masked, gram_u, optimize=True)
+        losses[start : start + n] = yy - 2.0 * linear + quadratic
+    return losses
