@@ -46,9 +46,7 @@ def sliding_windows(d: int, r: int, boundary: str) -> list[set[int]]:
             return [set(range(d))]
         return [set(range(s, s + r)) for s in range(d - r + 1)]
     if boundary == "clipped":
-        return [
-            set(range(max(0, c - (r - 1) // 2), min(d, c + r // 2 + 1))) for c in range(d)
-        ]
+        return [set(range(max(0, c - (r - 1) // 2), min(d, c + r // 2 + 1))) for c in range(d)]
     if boundary == "ring":
         return [{(s + j) % d for j in range(r)} for s in range(d)]
     raise AssertionError(boundary)
@@ -133,9 +131,7 @@ def dropconnect_v_loss(
     return total
 
 
-def dropconnect_u_loss(
-    Y: np.ndarray, U: np.ndarray, G: np.ndarray, p: float
-) -> float:
+def dropconnect_u_loss(Y: np.ndarray, U: np.ndarray, G: np.ndarray, p: float) -> float:
     """E ||Y - (1/theta) (Z * U) G||_F^2 over all 2**(a d) entry masks Z of U."""
     theta = 1.0 - p
     a, d = U.shape

@@ -34,13 +34,15 @@ class Kind:
 
 
 def _is_float64(array: Array) -> bool:
-    return array.dtype in (torch.float64, np.float64)
+    if isinstance(array, torch.Tensor):
+        return array.dtype == torch.float64
+    return array.dtype == np.float64
 
 
 def _is_float(array: Array) -> bool:
     if isinstance(array, torch.Tensor):
         return array.is_floating_point()
-    return np.issubdtype(array.dtype, np.floating)
+    return array.dtype.kind == "f"
 
 
 def common_kind(*arrays: Array) -> Kind:
@@ -61,9 +63,14 @@ def convert(array: Array, kind: Kind) -> Array:
     """``array`` in the library, precision and device of ``kind`` (no copy when already there)."""
     if kind.is_torch:
         if isinstance(array, np.ndarray):
+            if not array.flags.writeable:  # torch may not share read-only memory
+                array = array.copy()
             array = torch.from_numpy(np.ascontiguousarray(array))
         return array.to(device=kind.device, dtype=kind.torch_dtype)
-    return np.asarray(array, dtype=kind.numpy_dtype)
+    dtype = np.float64 if kind.double else np.float32
+    if isinstance(array, np.ndarray) and array.dtype == dtype:
+        return array
+    return np.asarray(array, dtype=dtype)
 
 
 def to_numpy(array: Array) -> np.ndarray:

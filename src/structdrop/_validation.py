@@ -23,6 +23,7 @@ __all__ = [
     "check_nonnegative",
     "check_positive_int",
     "check_probability",
+    "check_result",
     "check_same",
 ]
 
@@ -89,13 +90,16 @@ def check_finite(array: np.ndarray | torch.Tensor, name: str) -> None:
 def _is_real(array: np.ndarray | torch.Tensor) -> bool:
     if isinstance(array, torch.Tensor):
         return array.dtype != torch.bool and not array.is_complex()
-    return np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    return array.dtype.kind in "iuf"
 
 
-def check_array(array: Any, name: str, ndim: int = 2) -> np.ndarray | torch.Tensor:
+def check_array(
+    array: Any, name: str, ndim: int = 2, *, finite: bool = True
+) -> np.ndarray | torch.Tensor:
     """A non-empty, finite, real NumPy array or torch tensor with ``ndim`` axes.
 
-    Array-likes (lists, tuples) become float64 NumPy arrays.
+    Array-likes (lists, tuples) become float64 NumPy arrays. ``finite=False`` defers the scan for
+    NaN and infinities to :func:`check_result`, for hot paths that check their output instead.
     """
     if not isinstance(array, torch.Tensor | np.ndarray):
         try:
@@ -111,13 +115,28 @@ def check_array(array: Any, name: str, ndim: int = 2) -> np.ndarray | torch.Tens
         raise ValueError(f"{name} must be a {what}, got shape {tuple(array.shape)}")
     if 0 in tuple(array.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
-    check_finite(array, name)
+    if finite:
+        check_finite(array, name)
     return array
 
 
-def check_matrix(array: Any, name: str) -> np.ndarray | torch.Tensor:
+def check_matrix(array: Any, name: str, *, finite: bool = True) -> np.ndarray | torch.Tensor:
     """A non-empty, finite, real 2-D NumPy array or torch tensor."""
-    return check_array(array, name, ndim=2)
+    return check_array(array, name, ndim=2, finite=finite)
+
+
+def check_result(value: Any, **inputs: np.ndarray | torch.Tensor) -> None:
+    """Raise if a computed ``value`` is not finite: name the first non-finite input, or say that
+    the computation overflowed. One scalar test instead of a scan of every input."""
+    if isinstance(value, torch.Tensor):
+        finite = bool(torch.isfinite(value.detach()).all())
+    else:
+        finite = bool(np.isfinite(value).all())
+    if finite:
+        return
+    for name, array in inputs.items():
+        check_finite(array, name)
+    raise ValueError(f"the result overflowed to {value} although every input is finite")
 
 
 def check_same(actual: int, expected: int, what: str) -> None:

@@ -60,9 +60,9 @@ def _weights(scheme: Scheme, d: int, kind: Kind) -> Array:
     return convert(_characteristic(scheme, d), kind)
 
 
-def _check_factors(U: Array, V: Array) -> tuple[Array, Array]:
-    U = check.check_matrix(U, "U")
-    V = check.check_matrix(V, "V")
+def _check_factors(U: Array, V: Array, *, finite: bool = True) -> tuple[Array, Array]:
+    U = check.check_matrix(U, "U", finite=finite)
+    V = check.check_matrix(V, "V", finite=finite)
     check.check_same(U.shape[1], V.shape[1], "U and V must have the same number of columns d")
     return U, V
 
@@ -121,8 +121,9 @@ class Gram:
         return cls(xx=X @ X.T, yx=Y @ X.T, yy=(Y * Y).sum(), kind=kind)
 
     def _factors(self, U: Array, V: Array, *, needs_y: bool) -> tuple[Array, Array, Kind]:
-        """Validated factors and the kind of the evaluation (the statistics' and theirs)."""
-        U, V = _check_factors(U, V)
+        """Factors of valid shapes (finiteness is checked on the result) and the kind of the
+        evaluation (the statistics' and theirs)."""
+        U, V = _check_factors(U, V, finite=False)
         check.check_same(V.shape[0], self.xx.shape[0], "V's rows must match X's rows (b)")
         if needs_y:
             if self.yx is None:
@@ -133,10 +134,7 @@ class Gram:
 
     def fit(self, U: Array, V: Array) -> Array:
         """``||Y - U V^T X||_F^2 = ||Y||^2 - 2 <U, Y X^T V> + <U^T U, V^T X X^T V>``."""
-        U, V, kind = self._factors(U, V, needs_y=True)
-        xx, yx, yy = (convert(s, kind) for s in (self.xx, self.yx, self.yy))
-        value = yy - 2.0 * (U * (yx @ V)).sum() + ((U.T @ U) * (V.T @ xx @ V)).sum()
-        return scalar(value, kind)
+        return self._evaluate(U, V, None, fit=True)
 
     def penalty(self, U: Array, V: Array, scheme: Scheme) -> Array:
         """The regularizer of ``scheme`` on the single hidden layer ``U V^T X``.
@@ -147,22 +145,35 @@ class Gram:
         j of X: Thm 4.1's ``sum_k ||u_k||^2 ||X^T v_k||^2`` holds only when ``X X^T`` is diagonal
         (NOTES.md).
         """
-        scheme = _check_scheme(scheme)
-        U, V, kind = self._factors(U, V, needs_y=False)
-        xx = convert(self.xx, kind)
-        if isinstance(scheme, DropConnect):
-            theta = scheme.keep_prob
-            unit_norms = (U * U).sum(0)
-            weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
-            value = (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
-        else:
-            cbar = _weights(scheme, U.shape[1], kind)
-            value = (cbar * (U.T @ U) * (V.T @ xx @ V)).sum()
-        return scalar(value, kind)
+        return self._evaluate(U, V, _check_scheme(scheme), fit=False)
 
     def expected_loss(self, U: Array, V: Array, scheme: Scheme) -> Array:
         """``E ||Y - U diag(mu)^-1 diag(z) V^T X||^2 = fit + penalty`` (eq. 4, eq. 14)."""
-        return self.fit(U, V) + self.penalty(U, V, scheme)
+        return self._evaluate(U, V, _check_scheme(scheme), fit=True)
+
+    def _evaluate(self, U: Array, V: Array, scheme: Scheme | None, *, fit: bool) -> Array:
+        """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
+        U, V, kind = self._factors(U, V, needs_y=fit)
+        with np.errstate(all="ignore"):  # a non-finite result is reported below
+            xx = convert(self.xx, kind)
+            dropconnect = isinstance(scheme, DropConnect)
+            value = 0.0
+            if fit or not dropconnect:
+                ut_u = U.T @ U
+                vt_xx_v = V.T @ (xx @ V)
+            if fit:
+                yx, yy = convert(self.yx, kind), convert(self.yy, kind)
+                value = yy - 2.0 * (U * (yx @ V)).sum() + (ut_u * vt_xx_v).sum()
+            if dropconnect:
+                theta = scheme.keep_prob
+                unit_norms = (U * U).sum(0)
+                weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
+                value = value + (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
+            elif scheme is not None:
+                cbar = _weights(scheme, U.shape[1], kind)
+                value = value + (cbar * ut_u * vt_xx_v).sum()
+        check.check_result(value, U=U, V=V)
+        return scalar(value, kind)
 
 
 def linear_penalty(U: Array, V: Array, X: Array, scheme: Scheme) -> Array:
@@ -228,6 +239,8 @@ def sampled_loss(
     stats = Gram.from_data(X, Y)
     stats._factors(U, V, needs_y=True)  # validates shapes
     U, V = to_numpy(U), to_numpy(V)
+    check.check_finite(U, "U")
+    check.check_finite(V, "V")
     xx, yx, yy = to_numpy(stats.xx), to_numpy(stats.yx), float(to_numpy(stats.yy))
     if isinstance(scheme, DropConnect):
         losses = _dropconnect_losses(U, V, xx, yx, yy, scheme, num_samples, rng)

@@ -186,4 +186,5 @@ def block_norms(U: Array, V: Array, X: Array, block_size: int) -> Array:
     k = d // block_size
     blocks = products.reshape(k, block_size, k, block_size)
     squares = blocks.sum(axis=(1, 3)).diagonal()  # NumPy and torch alike
+    check.check_result(squares, U=U, V=V)
     return squares.clip(min=0.0) ** 0.5
