@@ -1,0 +1,118 @@
+"""Full-batch minimisation of the exact expected objective at a fixed width (L-BFGS).
+
+The objective is eq. 4 / eq. 14 in the Gram form (NOTES.md)::
+
+    f(U, V) = ||Y||^2 - 2 <U, Y X^T V> + <Q * (U^T U), V^T X X^T V>,   Q = 1 1^T + Cbar,
+
+with gradients ``df/dU = 2 (U (Q * M) - Y X^T V)`` and ``df/dV = 2 (X X^T V (Q * K) - X Y^T U)``
+where ``K = U^T U`` and ``M = V^T X X^T V``. DropConnect adds its corrected penalty (Thm 4.1 in
+NOTES.md) instead of the ``Cbar`` term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize
+
+from .. import _validation as check
+from .._arrays import to_numpy
+from ..objectives import Gram
+from ..schemes import DropConnect, Scheme
+
+__all__ = ["GDResult", "fit_gd"]
+
+
+@dataclass(frozen=True)
+class GDResult:
+    """The end point of :func:`fit_gd`."""
+
+    U: np.ndarray
+    V: np.ndarray
+    value: float
+    iterations: int
+    converged: bool
+
+
+def _objective(stats: Gram, scheme: Scheme, a: int, b: int, d: int):
+    xx, yx, yy = (to_numpy(s) for s in (stats.xx, stats.yx, stats.yy))
+    yy = float(yy)
+    dropconnect = isinstance(scheme, DropConnect)
+    if dropconnect:
+        weight = np.ones((d, d))
+        strength = (1.0 - scheme.keep_prob) / scheme.keep_prob
+        x_norms = np.diag(xx)
+    else:
+        weight = 1.0 + scheme.characteristic(d)
+
+    def value_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        U = flat[: a * d].reshape(a, d)
+        V = flat[a * d :].reshape(b, d)
+        xx_v = xx @ V
+        yx_v = yx @ V
+        K = U.T @ U
+        M = V.T @ xx_v
+        value = yy - 2.0 * np.sum(U * yx_v) + np.sum(weight * K * M)
+        grad_u = 2.0 * (U @ (weight * M) - yx_v)
+        grad_v = 2.0 * (xx_v @ (weight * K) - yx.T @ U)
+        if dropconnect:
+            unit_norms = np.diag(K)
+            weight_norms = x_norms @ (V * V)
+            value += strength * float(unit_norms @ weight_norms)
+            grad_u += 2.0 * strength * U * weight_norms
+            grad_v += 2.0 * strength * (x_norms[:, None] * V) * unit_norms
+        return value, np.concatenate([grad_u.ravel(), grad_v.ravel()])
+
+    return value_and_gradient
+
+
+def fit_gd(
+    X: np.ndarray,
+    Y: np.ndarray,
+    U0: np.ndarray,
+    V0: np.ndarray,
+    scheme: Scheme,
+    max_iterations: int = 10_000,
+    tol: float = 1e-12,
+) -> GDResult:
+    """Minimise the exact expected objective ``expected_loss(Y, U, V, X, scheme)`` over (U, V)
+    at the width of U0 and V0, by L-BFGS from (U0, V0).
+
+    Args:
+        X: (b, N) inputs. Y: (a, N) targets. U0: (a, d), V0: (b, d) starting point.
+        scheme: the mask law.
+        max_iterations: L-BFGS iteration cap.
+        tol: relative reduction of the objective below which L-BFGS stops.
+
+    Returns:
+        A :class:`GDResult` (final U, V, objective value, iterations, whether L-BFGS converged).
+    """
+    if not isinstance(scheme, Scheme):
+        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    stats = Gram.from_data(X, Y)
+    U0 = to_numpy(check.check_matrix(U0, "U0"))
+    V0 = to_numpy(check.check_matrix(V0, "V0"))
+    stats._factors(U0, V0, needs_y=True)  # validates the shapes against the data
+    max_iterations = check.check_positive_int(max_iterations, "max_iterations")
+    tol = check.check_nonnegative(tol, "tol")
+    (a, d), b = U0.shape, V0.shape[0]
+    scheme.mean(d)  # validates the width for the scheme
+    function = _objective(stats, scheme, a, b, d)
+    start = np.concatenate([U0.ravel(), V0.ravel()])
+    result = optimize.minimize(
+        function,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iterations, "ftol": tol, "gtol": 0.0, "maxcor": 30},
+    )
+    U = result.x[: a * d].reshape(a, d).copy()
+    V = result.x[a * d :].reshape(b, d).copy()
+    return GDResult(
+        U=U,
+        V=V,
+        value=float(stats.expected_loss(U, V, scheme)),
+        iterations=int(result.nit),
+        converged=bool(result.success),
+    )

@@ -1,0 +1,344 @@
+"""Algorithm 1: single-sample SGD on the dropout objective of a linear network ``U V^T x``.
+
+Each step draws a sample uniformly with replacement and one fresh mask, and takes the stochastic
+gradient step of Algorithm 1 (steps 7-9); this is SGD on eq. 3 (times N), whose expectation is the
+deterministic objective of Lemma 2.1 / Thm 3.1. The inner loop is compiled (:mod:`._engine`); the
+exact expected objective is recorded at ~log-spaced iterations in the Gram form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _validation as check
+from .._arrays import to_numpy
+from ..objectives import Gram
+from ..schemes import DropConnect, Scheme, as_generator
+from . import _engine
+
+__all__ = ["DivergenceError", "Trajectory", "fit_sgd", "record_points", "safe_learning_rate"]
+
+#: Steps per compiled call: bounds the memory of pre-drawn masks (chunk x d floats; DropConnect
+#: draws chunk x b x d uniforms, so its chunks are shorter).
+CHUNK = 8192
+DROPCONNECT_CHUNK = 256
+
+
+class DivergenceError(ValueError):
+    """SGD diverged: the loss became non-finite or exploded."""
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A training run of Algorithm 1.
+
+    Attributes:
+        iterations: the recorded iteration numbers (0 first, the last iteration last).
+        expected: the exact expected objective (Lemma 2.1 / Thm 3.1) at each recorded iteration.
+        stochastic: N times the mean single-sample masked loss over the steps since the previous
+            record point (at iteration 0, the expected objective): an unbiased estimate of the
+            objective along the run, as plotted in the paper's Fig. 1 (top).
+        gap: ``(expected - optimum) / optimum`` when an optimum was given, else None.
+        U: the final U (a x d).
+        V: the final V (b x d).
+        config: the settings of the run.
+    """
+
+    iterations: np.ndarray
+    expected: np.ndarray
+    stochastic: np.ndarray
+    gap: np.ndarray | None
+    U: np.ndarray
+    V: np.ndarray
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, weights: bool = False) -> dict[str, Any]:
+        """A JSON-serialisable dict (the final weights only if ``weights``)."""
+        out: dict[str, Any] = {
+            "iterations": self.iterations.tolist(),
+            "expected": self.expected.tolist(),
+            "stochastic": self.stochastic.tolist(),
+            "gap": None if self.gap is None else self.gap.tolist(),
+            "config": self.config,
+        }
+        if weights:
+            out["U"] = self.U.tolist()
+            out["V"] = self.V.tolist()
+        return out
+
+
+def record_points(iterations: int, record: int | Sequence[int]) -> np.ndarray:
+    """Iterations at which the objective is recorded: 0, ~log-spaced points, and the last one."""
+    if isinstance(record, int | np.integer) and not isinstance(record, bool):
+        count = check.check_positive_int(record, "record")
+        points = np.geomspace(1, iterations, num=max(count - 1, 1))
+        points = np.concatenate([[0], np.round(points).astype(np.int64), [iterations]])
+    else:
+        points = np.asarray(record, dtype=np.int64)
+        if points.ndim != 1 or points.size == 0:
+            raise ValueError(f"record must be an int or a sequence of iterations, got {record!r}")
+        if points.min() < 0 or points.max() > iterations:
+            raise ValueError(
+                f"record points must lie in [0, iterations={iterations}], "
+                f"got {points.min()}..{points.max()}"
+            )
+        points = np.concatenate([[0], points, [iterations]])
+    return np.unique(points)
+
+
+def safe_learning_rate(X: np.ndarray, U: np.ndarray, V: np.ndarray, scheme: Scheme) -> float:
+    """A learning rate below which Algorithm 1 is stable near (U, V): the inverse curvature
+    bound ``min_i mu_i / (max_j ||x_j||^2 (||U||_2^2 + ||V||_2^2))``."""
+    mu = (
+        scheme.keep_prob
+        if isinstance(scheme, DropConnect)
+        else float(np.min(scheme.mean(U.shape[1])))
+    )
+    sample_norm = float(np.max(np.sum(X * X, axis=0)))
+    spectral = np.linalg.norm(U, 2) ** 2 + np.linalg.norm(V, 2) ** 2
+    return mu / max(sample_norm * spectral, np.finfo(float).tiny)
+
+
+def _fingerprint(*arrays: np.ndarray, **settings: Any) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(array.shape).encode())
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class _State:
+    """Everything a run needs to continue exactly where it stopped."""
+
+    U: np.ndarray
+    V: np.ndarray
+    position: int  # index into the record points reached
+    expected: list[float]
+    stochastic: list[float]
+    rng_state: dict[str, Any]
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        meta = {
+            "fingerprint": fingerprint,
+            "position": self.position,
+            "expected": self.expected,
+            "stochastic": self.stochastic,
+            "rng_state": self.rng_state,
+        }
+        _write_atomically(path, lambda s: np.savez(s, U=self.U, V=self.V))
+        _write_atomically(path.with_suffix(".json"), lambda s: s.write(json.dumps(meta).encode()))
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> _State | None:
+        meta_path = path.with_suffix(".json")
+        if not (path.exists() and meta_path.exists()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != fingerprint:
+            return None  # a checkpoint of another configuration: start afresh
+        with np.load(path, allow_pickle=False) as arrays:
+            U, V = arrays["U"].copy(), arrays["V"].copy()
+        return cls(U, V, meta["position"], meta["expected"], meta["stochastic"], meta["rng_state"])
+
+
+def fit_sgd(
+    X: np.ndarray,
+    Y: np.ndarray,
+    U0: np.ndarray,
+    V0: np.ndarray,
+    scheme: Scheme,
+    lr: float,
+    iterations: int,
+    lr_decay: float | None = None,
+    seed: np.random.Generator | int | None = None,
+    record: int | Sequence[int] = 64,
+    optimum: float | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Trajectory:
+    """Train ``U V^T x`` with Algorithm 1 under the mask law ``scheme``.
+
+    Masks on the hidden units (Bernoulli, GridBlock, SlidingBlock, Discrete) are scaled by
+    ``1 / mu`` (eq. 13); DropConnect masks V's entries, scaled by ``1 / theta`` (eq. 19).
+
+    Args:
+        X: (b, N) inputs. Y: (a, N) targets. U0: (a, d), V0: (b, d) initial weights (not modified).
+        scheme: the mask law.
+        lr: learning rate eta > 0 (steps 8-9 of Algorithm 1, gradient factor 2 absorbed).
+        iterations: number of SGD steps.
+        lr_decay: if given, ``eta_t = lr / (1 + t / lr_decay)``; else constant.
+        seed: a ``numpy.random.Generator``, an integer seed, or None.
+        record: number of ~log-spaced record points, or the iterations to record at.
+        optimum: a reference value (e.g. ``global_minimum(...).value``) for the relative gap.
+        checkpoint: a ``.npz`` path: the state is saved there atomically at every record point,
+            and a run with the same inputs and settings resumes from it with identical results.
+        progress: show a progress bar (tqdm).
+
+    Returns:
+        The :class:`Trajectory`.
+
+    Raises:
+        DivergenceError: the loss became non-finite or exploded; the message names ``lr`` and a
+            safe learning rate.
+    """
+    if not isinstance(scheme, Scheme):
+        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    X, Y = (to_numpy(check.check_matrix(m, n)) for m, n in ((X, "X"), (Y, "Y")))
+    U_init, V_init = (to_numpy(check.check_matrix(m, n)) for m, n in ((U0, "U0"), (V0, "V0")))
+    U, V = U_init.copy(), V_init.copy()
+    check.check_same(Y.shape[1], X.shape[1], "X and Y must have the same number of samples N")
+    check.check_same(U.shape[0], Y.shape[0], "U0's rows must match Y's rows (a)")
+    check.check_same(V.shape[0], X.shape[0], "V0's rows must match X's rows (b)")
+    check.check_same(U.shape[1], V.shape[1], "U0 and V0 must have the same number of columns d")
+    lr = check.check_nonnegative(lr, "lr")
+    if lr == 0.0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    iterations = check.check_positive_int(iterations, "iterations")
+    decay = 0.0 if lr_decay is None else check.check_nonnegative(lr_decay, "lr_decay")
+    if lr_decay is not None and decay == 0.0:
+        raise ValueError(f"lr_decay must be > 0 or None, got {lr_decay}")
+    if optimum is not None:
+        optimum = check.check_nonnegative(optimum, "optimum")
+    d = U.shape[1]
+    n_samples = X.shape[1]
+    scheme.mean(d)  # validates the width for the scheme (e.g. block size dividing d)
+    points = record_points(iterations, record)
+    rng = as_generator(seed)
+    stats = Gram.from_data(X, Y)
+    XT, YT = np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
+    config = {
+        "scheme": repr(scheme),
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "iterations": iterations,
+        "seed": seed if isinstance(seed, int) else None,
+        "N": n_samples,
+        "width": d,
+    }
+    path = None if checkpoint is None else Path(checkpoint)
+    fingerprint = _fingerprint(X, Y, U, V, points, rng=rng.bit_generator.state, **config)
+    state = _State.load(path, fingerprint) if path is not None else None
+    if state is None:
+        initial = float(stats.expected_loss(U, V, scheme))
+        state = _State(U, V, 0, [initial], [initial], rng.bit_generator.state)
+    rng.bit_generator.state = state.rng_state
+    U, V = state.U, state.V
+    limit = 1e8 * max(state.expected[0] / n_samples, float(stats.yy) / n_samples, 1e-300)
+    bar = _progress(iterations, points[state.position], progress)
+    losses = np.empty(CHUNK)
+    for position in range(state.position + 1, points.size):
+        start, stop = int(points[position - 1]), int(points[position])
+        total = 0.0
+        chunk = DROPCONNECT_CHUNK if isinstance(scheme, DropConnect) else CHUNK
+        for chunk_start in range(start, stop, chunk):
+            steps = min(chunk, stop - chunk_start)
+            done = _run_chunk(
+                XT, YT, U, V, scheme, rng, lr, decay, chunk_start, steps, limit, losses
+            )
+            if done < steps or not np.isfinite(U).all() or not np.isfinite(V).all():
+                raise DivergenceError(
+                    f"SGD diverged at iteration {chunk_start + done} with lr={lr}: the single-"
+                    f"sample loss reached {losses[done]:.3g}. Try lr <= "
+                    f"{safe_learning_rate(X, U_init, V_init, scheme):.3g} "
+                    "(a stability bound from the data and the initial weights), or add lr_decay."
+                )
+            total += float(losses[:steps].sum())
+            if bar is not None:
+                bar.update(steps)
+        state.expected.append(float(stats.expected_loss(U, V, scheme)))
+        state.stochastic.append(n_samples * total / (stop - start))
+        state.position = position
+        state.rng_state = rng.bit_generator.state
+        if path is not None:
+            state.save(path, fingerprint)
+    if bar is not None:
+        bar.close()
+    expected = np.asarray(state.expected)
+    gap = None if optimum is None else (expected - optimum) / max(optimum, np.finfo(float).tiny)
+    return Trajectory(
+        iterations=points,
+        expected=expected,
+        stochastic=np.asarray(state.stochastic),
+        gap=gap,
+        U=U,
+        V=V,
+        config=config,
+    )
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=int(initial), unit="it", unit_scale=True, leave=False)
+
+
+def draw_chunk(
+    scheme: Scheme, rng: np.random.Generator, steps: int, n_samples: int, d: int, b: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random draws of ``steps`` SGD steps, in the order the engine consumes them: sample
+    indices, then the scaled masks ``z / mu`` (for DropConnect, boolean masks of V's b x d
+    entries, one per step)."""
+    indices = rng.integers(0, n_samples, size=steps)
+    if isinstance(scheme, DropConnect):
+        return indices, rng.random((steps, b, d)) < scheme.keep_prob
+    return indices, scheme.sample(steps, d, rng) / scheme.mean(d)
+
+
+def _run_chunk(
+    XT: np.ndarray,
+    YT: np.ndarray,
+    U: np.ndarray,
+    V: np.ndarray,
+    scheme: Scheme,
+    rng: np.random.Generator,
+    lr: float,
+    decay: float,
+    t0: int,
+    steps: int,
+    limit: float,
+    losses: np.ndarray,
+) -> int:
+    indices, masks = draw_chunk(scheme, rng, steps, XT.shape[0], U.shape[1], V.shape[0])
+    if isinstance(scheme, DropConnect):
+        return _engine.sgd_dropconnect(
+            XT, YT, U, V, indices, masks, scheme.keep_prob, lr, decay, t0, limit, losses
+        )
+    return _engine.sgd_unit_masks(XT, YT, U, V, indices, masks, lr, decay, t0, limit, losses)
+
+
+def trajectory_from_dict(data: dict[str, Any]) -> Trajectory:
+    """Inverse of :meth:`Trajectory.to_dict` (weights empty when they were not saved)."""
+    return Trajectory(
+        iterations=np.asarray(data["iterations"], dtype=np.int64),
+        expected=np.asarray(data["expected"]),
+        stochastic=np.asarray(data["stochastic"]),
+        gap=None if data.get("gap") is None else np.asarray(data["gap"]),
+        U=np.asarray(data.get("U", [])),
+        V=np.asarray(data.get("V", [])),
+        config=dict(data.get("config", {})),
+    )
