@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,19 @@ __all__ = [
     "check_array",
     "check_block_divides",
     "check_block_size",
+    "check_block_sizes",
+    "check_choice",
     "check_finite",
+    "check_float_tensor",
+    "check_gamma_rule",
+    "check_generator",
     "check_matrix",
     "check_nonnegative",
     "check_positive_int",
     "check_probability",
     "check_result",
     "check_same",
+    "check_scheme",
 ]
 
 
@@ -143,3 +150,56 @@ def check_same(actual: int, expected: int, what: str) -> None:
     """Two dimensions that must agree, e.g. ``check_same(U.shape[1], V.shape[1], ...)``."""
     if actual != expected:
         raise ValueError(f"{what}: got {actual} and {expected}")
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """One of a fixed set of option names."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_scheme(scheme: Any) -> Any:
+    """A :class:`structdrop.Scheme` (imported lazily: schemes import this module)."""
+    from .schemes import Scheme
+
+    if not isinstance(scheme, Scheme):
+        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    return scheme
+
+
+def check_generator(generator: Any) -> torch.Generator | None:
+    """A ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    return generator
+
+
+def check_float_tensor(value: Any, name: str) -> torch.Tensor:
+    """A floating-point torch tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def check_block_sizes(value: Any, ndim: int) -> tuple[int, ...]:
+    """``block_size`` as one integer >= 1 per spatial axis (an int applies to every axis)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != ndim:
+            raise ValueError(
+                f"block_size must be an int or a sequence of {ndim} ints (one per spatial "
+                f"axis), got {tuple(value)!r}"
+            )
+        return tuple(check_block_size(v) for v in value)
+    return (check_block_size(value),) * ndim
+
+
+def check_gamma_rule(value: Any, rules: tuple[str, ...]) -> str | float:
+    """A window-drop rule name or a window drop probability in [0, 1)."""
+    if isinstance(value, str):
+        return check_choice(value, "gamma", rules)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"gamma must be one of {rules} or a real number, got {value!r}")
+    return check_probability(value, "gamma")

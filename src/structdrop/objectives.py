@@ -50,12 +50,6 @@ def _characteristic(scheme: Scheme, d: int) -> np.ndarray:
     return cbar
 
 
-def _check_scheme(scheme: Scheme) -> Scheme:
-    if not isinstance(scheme, Scheme):
-        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
-    return scheme
-
-
 def _weights(scheme: Scheme, d: int, kind: Kind) -> Array:
     return convert(_characteristic(scheme, d), kind)
 
@@ -83,7 +77,7 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
     Returns:
         The penalty, a scalar of the inputs' kind.
     """
-    scheme = _check_scheme(scheme)
+    scheme = check.check_scheme(scheme)
     U = check.check_matrix(U, "U")
     G = check.check_matrix(G, "G")
     check.check_same(U.shape[1], G.shape[0], "U's columns must match G's rows (d)")
@@ -145,11 +139,11 @@ class Gram:
         j of X: Thm 4.1's ``sum_k ||u_k||^2 ||X^T v_k||^2`` holds only when ``X X^T`` is diagonal
         (NOTES.md).
         """
-        return self._evaluate(U, V, _check_scheme(scheme), fit=False)
+        return self._evaluate(U, V, check.check_scheme(scheme), fit=False)
 
     def expected_loss(self, U: Array, V: Array, scheme: Scheme) -> Array:
         """``E ||Y - U diag(mu)^-1 diag(z) V^T X||^2 = fit + penalty`` (eq. 4, eq. 14)."""
-        return self._evaluate(U, V, _check_scheme(scheme), fit=True)
+        return self._evaluate(U, V, check.check_scheme(scheme), fit=True)
 
     def _evaluate(self, U: Array, V: Array, scheme: Scheme | None, *, fit: bool) -> Array:
         """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
@@ -231,7 +225,7 @@ def sampled_loss(
     Returns:
         ``MonteCarloEstimate(mean, stderr)`` as Python floats.
     """
-    scheme = _check_scheme(scheme)
+    scheme = check.check_scheme(scheme)
     num_samples = check.check_positive_int(num_samples, "num_samples")
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}")

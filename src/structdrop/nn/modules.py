@@ -1,0 +1,428 @@
+"""Structured dropout layers: thin ``torch.nn.Module`` wrappers of :mod:`.functional`.
+
+Conventions follow ``torch.nn.Dropout``: ``p`` is the drop probability, the layers act only in
+training mode (``model.eval()`` and ``p = 0`` return the input itself), ``inplace`` multiplies
+the input in place, and ``generator`` (a ``torch.Generator`` on the input's device, set at
+construction, as an attribute, or per call as ``forward(input, generator=...)``) makes the
+masks reproducible. Under ``torch.fx.symbolic_trace`` every layer is one ``call_module`` node
+(the traced graph calls the layer, so ``train()``/``eval()`` still switch it); a layer traced on
+its own is one ``call_function`` node of its functional form.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _validation as check
+from ..objectives import penalty
+from ..schemes import Scheme
+from .functional import (
+    block_dropout,
+    drop_block1d,
+    drop_block2d,
+    drop_block3d,
+    dropconnect_linear,
+    structured_dropout,
+)
+
+__all__ = [
+    "BlockDropout",
+    "DropBlock1d",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropConnectLinear",
+    "DropoutPenalty",
+    "StructuredDropout",
+]
+
+PLACEMENTS = ("valid", "clipped")
+GAMMA_RULES = ("mean", "interior", "ghiasi")
+SCALES = ("expected", "batch")
+
+
+def _traced_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Under ``torch.fx`` tracing, ``module`` as one ``call_module`` node, else None.
+
+    The traced graph then calls the layer itself, which keeps its training flag, generator and
+    options live (and its input checks and control flow out of the graph). A layer traced as
+    the root module is traced through its functional form instead.
+    """
+    proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    try:
+        path = proxy.tracer.path_of_module(module)
+    except NameError:
+        return None
+    if not path:
+        return None
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    return proxy.tracer.create_proxy("call_module", path, args, kwargs)
+
+
+def _check_block_sizes(block_size: Any, ndim: int) -> int | tuple[int, ...]:
+    """An int >= 1 (kept as given, for ``extra_repr``) or a tuple of ``ndim`` of them."""
+    sizes = check.check_block_sizes(block_size, ndim)
+    return sizes if isinstance(block_size, tuple | list) else sizes[0]
+
+
+class BlockDropout(nn.Module):
+    """The paper's grid DropBlock on one feature axis (Lemma 2.1; Algorithm 1).
+
+    Blocks of ``block_size`` consecutive units along ``dim`` are kept whole with probability
+    ``1 - p`` and scaled by ``1 / (1 - p)``, independently for every index of the other axes.
+    The masks follow :class:`structdrop.GridBlock`, whose regularizer on the next layer ``U`` is
+    ``p / (1 - p) * sum_blocks ||U_i G_i||_F^2`` (Lemma 2.1, eq. 4-5). See
+    :func:`structdrop.nn.functional.block_dropout`.
+
+    Args:
+        p: drop probability of each block, in [0, 1).
+        block_size: units per block, which must divide the size of ``dim``.
+        dim: the feature axis.
+        inplace: multiply the input in place.
+        generator: a ``torch.Generator`` on the input's device, or None.
+
+    Shape:
+        Input: any shape with ``input.shape[dim] % block_size == 0``. Output: the same.
+    """
+
+    def __init__(
+        self,
+        p: float,
+        block_size: int,
+        dim: int = -1,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = check.check_probability(p)
+        self.block_size = check.check_block_size(block_size)
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+            raise TypeError(f"dim must be an integer, got {dim!r}")
+        self.dim = int(dim)
+        self.inplace = bool(inplace)
+        self.generator = check.check_generator(generator)
+
+    def forward(
+        self, input: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
+        if isinstance(input, torch.fx.Proxy):
+            node = _traced_call(self, input, generator=generator)
+            if node is not None:
+                return node
+        return block_dropout(
+            input,
+            self.p,
+            self.block_size,
+            dim=self.dim,
+            training=self.training,
+            inplace=self.inplace,
+            generator=generator if generator is not None else self.generator,
+        )
+
+    def extra_repr(self) -> str:
+        text = f"p={self.p}, block_size={self.block_size}, dim={self.dim}"
+        return text + (", inplace=True" if self.inplace else "")
+
+
+class _DropBlockNd(nn.Module):
+    """Ghiasi et al.'s sliding DropBlock, exact per unit (see ``functional.drop_block``)."""
+
+    _spatial_dims: int = 0
+
+    def __init__(
+        self,
+        p: float,
+        block_size: int | tuple[int, ...],
+        placement: str = "valid",
+        gamma: str | float = "mean",
+        scale: str = "expected",
+        shared_channels: bool = False,
+        batchwise: bool = False,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = check.check_probability(p)
+        self.block_size = _check_block_sizes(block_size, self._spatial_dims)
+        self.placement = check.check_choice(placement, "placement", PLACEMENTS)
+        self.gamma = check.check_gamma_rule(gamma, GAMMA_RULES)
+        self.scale = check.check_choice(scale, "scale", SCALES)
+        self.shared_channels = bool(shared_channels)
+        self.batchwise = bool(batchwise)
+        self.inplace = bool(inplace)
+        self.generator = check.check_generator(generator)
+
+    def _function(self) -> Any:
+        raise NotImplementedError
+
+    def forward(
+        self, input: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
+        if isinstance(input, torch.fx.Proxy):
+            node = _traced_call(self, input, generator=generator)
+            if node is not None:
+                return node
+        return self._function()(
+            input,
+            self.p,
+            self.block_size,
+            placement=self.placement,
+            gamma=self.gamma,
+            scale=self.scale,
+            shared_channels=self.shared_channels,
+            batchwise=self.batchwise,
+            training=self.training,
+            inplace=self.inplace,
+            generator=generator if generator is not None else self.generator,
+        )
+
+    def extra_repr(self) -> str:
+        text = (
+            f"p={self.p}, block_size={self.block_size}, placement={self.placement!r}, "
+            f"gamma={self.gamma!r}, scale={self.scale!r}"
+        )
+        for flag in ("shared_channels", "batchwise", "inplace"):
+            if getattr(self, flag):
+                text += f", {flag}=True"
+        return text
+
+
+_DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per unit.
+
+    Every candidate window of ``block_size`` (the block fits: ``placement="valid"``, as
+    torchvision; or centred on any unit and clipped: ``"clipped"``, as timm) is dropped with
+    probability ``gamma``, and a unit is kept iff no dropped window covers it: its keep
+    probability is exactly ``mu_i = (1 - gamma)^{{n_i}}`` with ``n_i`` the windows covering it
+    (NOTES.md, sliding DropBlock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
+    :func:`structdrop.nn.functional.drop_block`.
+
+    Args:
+        p: drop probability, in [0, 1).
+        block_size: an int or a tuple of {n} ints (any value >= 1; blocks may exceed the map).
+        placement: ``"valid"`` (default) or ``"clipped"``.
+        gamma: ``"mean"`` (default: the mean drop rate over the map is exactly p),
+            ``"interior"`` (units away from the border drop with rate exactly p), ``"ghiasi"``
+            (the published approximation), or a window drop probability in [0, 1).
+        scale: ``"expected"`` (default: unit i divided by ``mu_i``, so ``E[output] = input``) or
+            ``"batch"`` (by the kept fraction, as torchvision and timm).
+        shared_channels: one mask per sample, shared by the channels.
+        batchwise: one mask for the whole batch.
+        inplace: multiply the input in place.
+        generator: a ``torch.Generator`` on the input's device, or None.
+
+    Shape:
+        Input: ``{shape}``. Output: the same.
+    """
+
+
+class DropBlock1d(_DropBlockNd):
+    __doc__ = _DROPBLOCK_DOC.format(kind="1-D", n=1, shape="(N, C, L)")
+    _spatial_dims = 1
+
+    def _function(self) -> Any:
+        return drop_block1d
+
+
+class DropBlock2d(_DropBlockNd):
+    __doc__ = _DROPBLOCK_DOC.format(kind="2-D", n=2, shape="(N, C, H, W)")
+    _spatial_dims = 2
+
+    def _function(self) -> Any:
+        return drop_block2d
+
+
+class DropBlock3d(_DropBlockNd):
+    __doc__ = _DROPBLOCK_DOC.format(kind="3-D", n=3, shape="(N, C, D, H, W)")
+    _spatial_dims = 3
+
+    def _function(self) -> Any:
+        return drop_block3d
+
+
+class DropConnectLinear(nn.Linear):
+    """A linear layer with DropConnect on its weights (Wan et al.; the paper's eq. 19).
+
+    In training mode ``output = input @ (M * weight / (1 - p))^T + bias`` with ``M`` iid
+    Ber(1 - p) entries, so ``E[output]`` is the plain linear map. With masks on the first matrix
+    ``V`` of a network ``U V^T X`` the induced regularizer is
+    ``p/(1-p) * sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2``; Thm 4.1's claim that it equals
+    Dropout's holds only when ``X X^T`` is diagonal (corrected in NOTES.md). In eval mode, or with
+    p = 0, this is ``nn.Linear``. See :func:`structdrop.nn.functional.dropconnect_linear`.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        p: drop probability of each weight, in [0, 1).
+        bias: learn an additive bias.
+        per_sample: every sample its own mask (exact, computed in chunks of bounded memory)
+            instead of one mask per forward shared by the batch.
+        chunk_size: samples per chunk for ``per_sample``; None picks
+            ``2**22 // (in_features * out_features)``.
+        generator: a ``torch.Generator`` on the weight's device, or None.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        p: float,
+        bias: bool = True,
+        per_sample: bool = False,
+        chunk_size: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        in_features = check.check_positive_int(in_features, "in_features")
+        out_features = check.check_positive_int(out_features, "out_features")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.p = check.check_probability(p)
+        self.per_sample = bool(per_sample)
+        self.chunk_size = (
+            None if chunk_size is None else check.check_positive_int(chunk_size, "chunk_size")
+        )
+        self.generator = check.check_generator(generator)
+
+    def forward(
+        self, input: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The masked linear map in training mode, ``nn.Linear``'s otherwise."""
+        if isinstance(input, torch.fx.Proxy):
+            node = _traced_call(self, input, generator=generator)
+            if node is not None:
+                return node
+        return dropconnect_linear(
+            input,
+            self.weight,
+            self.bias,
+            self.p,
+            per_sample=self.per_sample,
+            training=self.training,
+            generator=generator if generator is not None else self.generator,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr() + f", p={self.p}"
+        if self.per_sample:
+            text += ", per_sample=True"
+        if self.chunk_size is not None:
+            text += f", chunk_size={self.chunk_size}"
+        return text
+
+
+class StructuredDropout(nn.Module):
+    """Any structdrop mask law on the last axis, scaled by the inverse mean (Thm 3.1, eq. 13).
+
+    ``output = input * z / mu`` with an independent mask ``z`` of ``scheme`` for every index of
+    the leading axes and ``mu = scheme.mean(d)``, so ``E[output] = input``. For a last layer
+    ``U`` reading these features ``G``, the expected squared loss is the fit plus
+    ``<Cbar, (U^T U) * (G G^T)>`` (Thm 3.1, eq. 14-15), which :class:`DropoutPenalty` computes.
+
+    Args:
+        scheme: the mask law (``Bernoulli``, ``GridBlock``, ``SlidingBlock``, ``DropConnect``,
+            ``Discrete``, ...); every ``mu_i`` must be nonzero.
+        inplace: multiply the input in place.
+        generator: a ``torch.Generator`` on the input's device, or None.
+
+    Shape:
+        Input: ``(..., d)``, d a width the scheme accepts. Output: the same.
+    """
+
+    def __init__(
+        self,
+        scheme: Scheme,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.scheme = check.check_scheme(scheme)
+        self.inplace = bool(inplace)
+        self.generator = check.check_generator(generator)
+
+    def forward(
+        self, input: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Masked and rescaled features in training mode; ``input`` itself in eval mode."""
+        if isinstance(input, torch.fx.Proxy):
+            node = _traced_call(self, input, generator=generator)
+            if node is not None:
+                return node
+        return structured_dropout(
+            input,
+            self.scheme,
+            training=self.training,
+            generator=generator if generator is not None else self.generator,
+            inplace=self.inplace,
+        )
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme!r}" + (", inplace=True" if self.inplace else "")
+
+
+class DropoutPenalty(nn.Module):
+    """The regularizer a mask law induces on the last layer, as a differentiable loss term.
+
+    For features ``G`` (d x N, one column per sample) read by a last linear layer ``U``
+    (a x d), masks ``z`` of ``scheme`` applied as ``diag(mu)^-1 diag(z) G`` give (Thm 3.1,
+    eq. 14-15)::
+
+        E_z ||Y - U diag(mu)^-1 diag(z) G||^2 = ||Y - U G||^2 + <Cbar, (U^T U) * (G G^T)>,
+
+    with ``Cbar = C / (mu mu^T)`` (eq. 16). Adding this module's output to the plain summed
+    squared error trains on the expected objective exactly, without masks and without their
+    gradient noise; e.g. for Dropout it is ``p/(1-p) sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2), for
+    :class:`structdrop.GridBlock` ``p/(1-p) sum_blocks ||U_i G_i||_F^2`` (Lemma 2.1, eq. 5).
+
+    Args:
+        scheme: the mask law on the d features.
+
+    Shape:
+        weight: ``(a, d)``, e.g. ``nn.Linear(d, a).weight``. features: ``(N, d)``, one row per
+        sample (the input of that layer). Output: a scalar (summed over samples, no 1/2).
+    """
+
+    def __init__(self, scheme: Scheme) -> None:
+        super().__init__()
+        self.scheme = check.check_scheme(scheme)
+
+    def forward(self, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``structdrop.penalty(weight, features.T, scheme)``.
+
+        Args:
+            weight: (a, d) weights of the layer that reads the features.
+            features: (N, d) features, one row per sample.
+
+        Returns:
+            The penalty, a 0-d tensor (float64 if either input is float64, else float32).
+        """
+        if isinstance(features, torch.fx.Proxy):
+            node = _traced_call(self, weight, features)
+            if node is not None:
+                return node
+        return _dropout_penalty(weight, features, self.scheme)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme!r}"
+
+
+def _dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """``penalty(weight, features.T, scheme)`` with the features checked."""
+    if isinstance(features, torch.fx.Proxy):
+        return features.tracer.create_proxy(
+            "call_function", _dropout_penalty, (weight, features, scheme), {}
+        )
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D (N, d) matrix, got shape {tuple(features.shape)}")
+    return penalty(weight, features.T, scheme)
