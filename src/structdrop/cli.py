@@ -1,0 +1,150 @@
+"""The ``structdrop`` command line.
+
+``structdrop reproduce synthetic`` reproduces the paper's synthetic experiments (figures, JSON
+data, ``REPORT.md``); ``structdrop optimum`` prints the closed-form global minimum (Thm 2.7,
+corrected in NOTES.md) of Dropout/DropBlock for data files. Bad input gives a one-line error and
+exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import numpy as np
+import typer
+
+app = typer.Typer(
+    help="Structured dropout: exact regularizers, global optima, and the paper's experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+reproduce = typer.Typer(
+    help="Reproduce the paper's experiments (figures, data and REPORT.md).",
+    no_args_is_help=True,
+)
+app.add_typer(reproduce, name="reproduce")
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``Error: message`` on stderr and exit with status 2."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code=EXIT_USAGE)
+
+
+@reproduce.command("synthetic")
+def synthetic_command(
+    figure: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--figure",
+            "-f",
+            help="Figure to run (repeatable): fig1, fig3, fig4, fig5, fig6, head (dominant "
+            "head), gap (fixed-width gap). Default: all.",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Far fewer iterations (smoke tests).")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of data and runs.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute figures whose JSON already exists.")
+    ] = False,
+) -> None:
+    """Sec. 5.1/5.3 and App. E at the paper's scale, and two experiments beyond the paper.
+
+    Writes <out>/<figure>.png, <out>/<figure>.json and <out>/REPORT.md. Finished figures are
+    skipped unless --force; an interrupted run resumes from its checkpoints.
+    """
+    from .experiments import _io, report, synthetic
+    from .linear import DivergenceError
+
+    try:
+        names = synthetic.check_figures(figure)
+    except _io.InputError as error:
+        fail(str(error))
+
+    def announce(name: str, status: str, data: dict[str, Any] | None) -> None:
+        if status == "skipped":
+            typer.echo(f"{name}: already done, skipped (use --force to recompute)")
+        else:
+            assert data is not None
+            typer.echo(f"{name}: done in {data['elapsed_s']:.1f} s{_headline(name, data)}")
+
+    try:
+        synthetic.run(
+            names, out, quick=quick, seed=seed, force=force, progress=True, report=announce
+        )
+    except DivergenceError as error:
+        fail(str(error).splitlines()[0])
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
+        raise typer.Exit(code=130) from None
+    path = report.write_report(out)
+    typer.echo(f"report: {path}")
+
+
+def _headline(name: str, data: dict[str, Any]) -> str:
+    if name == "fig1":
+        return f" (final gap {data['final_gap']:.2e})"
+    if name == "fig5":
+        return " (final gaps " + ", ".join(f"{g:.2e}" for g in data["final_gaps"].values()) + ")"
+    if name == "gap":
+        return f" (gap at width {data['runs'][0]['width']}: {data['width_gap']:.2e})"
+    return ""
+
+
+@app.command("optimum")
+def optimum_command(
+    x: Annotated[Path, typer.Option("--x", help="Inputs X (b x N): .npy, .npz or .csv.")],
+    y: Annotated[Path, typer.Option("--y", help="Targets Y (a x N): .npy, .npz or .csv.")],
+    p: Annotated[float, typer.Option("--p", help="Drop probability at this width, in [0, 1).")],
+    width: Annotated[int, typer.Option("--width", help="Hidden width d (a multiple of r).")],
+    block_size: Annotated[
+        int, typer.Option("--block-size", help="DropBlock block size r (1: Dropout).")
+    ] = 1,
+) -> None:
+    """Print the closed-form global minimum of Dropout (r = 1) or grid DropBlock as JSON.
+
+    Data are column-wise (one sample per column, as in the paper). Thm 2.7 corrected as in
+    NOTES.md: the value F*, beta = (r/d)(1-theta)/theta, rho*, rank(A*), the singular values of
+    A* and of the target projected on X's row space, and the unfittable residual.
+    """
+    from . import Bernoulli, GridBlock, global_minimum
+    from .experiments import _io
+
+    try:
+        X = _io.load_matrix(x, "X")
+        Y = _io.load_matrix(y, "Y")
+        if X.shape[1] != Y.shape[1]:
+            raise _io.InputError(
+                f"X and Y must have the same number of samples (columns), got X {X.shape} and "
+                f"Y {Y.shape}"
+            )
+        scheme = Bernoulli(p) if block_size == 1 else GridBlock(p, block_size)
+        opt = global_minimum(X, Y, scheme, width)
+    except (ValueError, TypeError) as error:
+        fail(str(error).splitlines()[0])
+    result = {
+        "value": opt.value,
+        "beta": opt.beta,
+        "rho": opt.rho,
+        "rank": opt.rank,
+        "singular_values": np.asarray(opt.singular_values),
+        "target_singular_values": np.asarray(opt.target_singular_values),
+        "residual": opt.residual,
+        "block_size": opt.block_size,
+        "width": opt.width,
+        "p": p,
+    }
+    sys.stdout.write(json.dumps(_io.to_jsonable(result)) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,266 @@
+"""Figures of the synthetic experiments, drawn from their JSON data (one function per figure).
+
+Uses matplotlib's object API (``Figure``, no pyplot): no global state, no display needed.
+:func:`render` returns PNG bytes; the caller writes them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = ["render"]
+
+COLORS = {
+    "stochastic": "tab:orange",
+    "deterministic": "tab:blue",
+    "paper": "tab:red",
+    "optimum": "black",
+    "dropout": "tab:green",
+}
+
+
+def _positive(values: Any) -> np.ndarray:
+    """Values for a log axis (None, NaN and nonpositive entries are masked)."""
+    array = np.array([np.nan if v is None else v for v in values], dtype=float)
+    array[~(array > 0)] = np.nan
+    return array
+
+
+def _steps(iterations: Any) -> np.ndarray:
+    """Iterations on a log axis: 0 is drawn at 1."""
+    return np.maximum(np.asarray(iterations, dtype=float), 1.0)
+
+
+def _objective_panels(top: Axes, bottom: Axes, run: dict[str, Any], title: str) -> None:
+    t = _steps(run["iterations"])
+    top.loglog(t, _positive(run["stochastic"]), color=COLORS["stochastic"], label="stochastic (3)")
+    top.loglog(
+        t,
+        _positive(run["expected"]),
+        "--",
+        color=COLORS["deterministic"],
+        label="deterministic (5)",
+    )
+    top.set_title(title)
+    top.legend(fontsize=8)
+    bottom.loglog(
+        t, _positive(run["expected"]), color=COLORS["deterministic"], label="deterministic (5)"
+    )
+    bottom.axhline(
+        run["optimum"]["value"], color=COLORS["optimum"], ls=":", label="global minimum (Thm 2.7)"
+    )
+    bottom.set_xlabel("iteration")
+    bottom.legend(fontsize=8, title=f"final gap {run['final_gap']:.2e}", title_fontsize=8)
+
+
+def fig1(data: dict[str, Any]) -> Figure:
+    figure = Figure(figsize=(6, 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    run = data["run"]
+    _objective_panels(top, bottom, run, f"GridBlock p={run['p']}, r={data['config']['block_size']}")
+    top.set_ylabel("objective")
+    bottom.set_ylabel("objective")
+    return figure
+
+
+def fig5(data: dict[str, Any]) -> Figure:
+    runs = data["runs"]
+    figure = Figure(figsize=(3.2 * len(runs), 6), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(2, len(runs), sharex=True, squeeze=False))
+    for column, run in enumerate(runs):
+        _objective_panels(axes[0, column], axes[1, column], run, f"GridBlock p={run['p']}")
+    axes[0, 0].set_ylabel("objective")
+    axes[1, 0].set_ylabel("objective")
+    return figure
+
+
+def _dropconnect_panel(axis: Axes, run: dict[str, Any]) -> None:
+    t = _steps(run["iterations"])
+    axis.loglog(
+        t,
+        _positive(run["stochastic"]),
+        color=COLORS["stochastic"],
+        label="stochastic (19), mean since last point",
+    )
+    axis.loglog(
+        t,
+        _positive(run["corrected"]),
+        "--",
+        color=COLORS["deterministic"],
+        label="corrected expectation (NOTES.md)",
+    )
+    axis.loglog(
+        t,
+        _positive(run["paper"]),
+        ":",
+        color=COLORS["paper"],
+        label="paper's Thm 4.1 / eq. 20 formula",
+    )
+    axis.set_title(
+        f"{run['dataset']} X, p={run['p']}: paper/corrected - 1 = "
+        f"{run['paper_vs_corrected_final']:+.1%}",
+        fontsize=9,
+    )
+    axis.legend(fontsize=7)
+
+
+def _dropout_panel(axis: Axes, run: dict[str, Any]) -> None:
+    axis.loglog(
+        _steps(run["iterations"]),
+        _positive(run["corrected"]),
+        color=COLORS["deterministic"],
+        label="DropConnect training (exact objective)",
+    )
+    axis.loglog(
+        _steps(run["dropout"]["iterations"]),
+        _positive(run["dropout"]["expected"]),
+        "--",
+        color=COLORS["dropout"],
+        label="Dropout training (exact objective)",
+    )
+    axis.set_title(
+        f"{run['dataset']} X, p={run['p']}: Dropout/DropConnect - 1 = "
+        f"{run['dropout_vs_dropconnect_final']:+.1%}",
+        fontsize=9,
+    )
+    axis.set_xlabel("iteration")
+    axis.legend(fontsize=7)
+
+
+def dropconnect(data: dict[str, Any]) -> Figure:
+    """fig3: per data set, the objectives of the DropConnect run (top) and Dropout vs
+    DropConnect training (bottom). fig6 (many runs): one panel per run with both."""
+    runs = data["runs"]
+    if len(runs) <= 2:
+        figure = Figure(figsize=(5.5 * len(runs), 7), layout="constrained")
+        axes = figure.subplots(2, len(runs), squeeze=False)
+        for column, run in enumerate(runs):
+            _dropconnect_panel(axes[0, column], run)
+            _dropout_panel(axes[1, column], run)
+        axes[0, 0].set_ylabel("objective")
+        axes[1, 0].set_ylabel("objective")
+        return figure
+    datasets = sorted({run["dataset"] for run in runs}, key=lambda n: n != "gaussian")
+    ps = sorted({run["p"] for run in runs})
+    figure = Figure(figsize=(3.6 * len(ps), 3.4 * len(datasets)), layout="constrained")
+    axes = figure.subplots(len(datasets), len(ps), squeeze=False)
+    for run in runs:
+        axis = axes[datasets.index(run["dataset"]), ps.index(run["p"])]
+        _dropconnect_panel(axis, run)
+        axis.loglog(
+            _steps(run["dropout"]["iterations"]),
+            _positive(run["dropout"]["expected"]),
+            "-.",
+            color=COLORS["dropout"],
+            label="Dropout training",
+        )
+        axis.legend(fontsize=6)
+    for axis in axes[-1]:
+        axis.set_xlabel("iteration")
+    return figure
+
+
+def fig4(data: dict[str, Any]) -> Figure:
+    ps = sorted({run["p"] for run in data["runs"]}, reverse=True)
+    figure = Figure(figsize=(6 * len(ps), 4.5), layout="constrained")
+    axes = figure.subplots(1, len(ps), squeeze=False)[0]
+    styles = {"grid": "-", "same_theta": "-.", "paper": "--", "exact": ":"}
+    labels = {
+        "grid": "grid DropBlock (ours, eq. 3)",
+        "same_theta": "sliding, gamma = p (same theta)",
+        "paper": "sliding, paper's theta' (Sec. 5.3)",
+        "exact": "sliding, exact gamma = 1-(1-p)^(1/r)",
+    }
+    for axis, p in zip(axes, ps, strict=True):
+        for run in (r for r in data["runs"] if r["p"] == p):
+            t = _steps(run["iterations"])
+            line = axis.loglog(t, _positive(run["expected"]), alpha=0.2, lw=0.8)[0]
+            axis.loglog(
+                t,
+                _positive(run["smoothed"]),
+                styles[run["variant"]],
+                color=line.get_color(),
+                lw=1.8,
+                label=f"{labels[run['variant']]}: drop {run['interior_drop_rate']:.2f}",
+            )
+        axis.axhline(
+            data["grid_optimum"][str(p)]["value"],
+            color=COLORS["optimum"],
+            ls=":",
+            lw=0.8,
+            label="grid global minimum",
+        )
+        axis.set_title(f"p = {p} (EMA-smoothed deterministic objectives)", fontsize=9)
+        axis.set_xlabel("iteration")
+        axis.legend(fontsize=7)
+    axes[0].set_ylabel("objective")
+    return figure
+
+
+def head(data: dict[str, Any]) -> Figure:
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for run in data["runs"]:
+        predicted = _positive(run["predicted"])
+        index = np.arange(1, predicted.size + 1)
+        line = axis.semilogy(
+            index, predicted, "-", label=f"r={run['block_size']} predicted (rho*={run['rho']})"
+        )[0]
+        axis.semilogy(
+            index,
+            _positive(run["trained"]),
+            "o",
+            color=line.get_color(),
+            mfc="none",
+            label=f"r={run['block_size']} trained (L-BFGS)",
+        )
+    axis.semilogy(
+        np.arange(1, len(data["target_singular_values"]) + 1),
+        _positive(data["target_singular_values"]),
+        "k:",
+        label="target",
+    )
+    axis.set_xlabel("index i")
+    axis.set_ylabel("singular value of U V^T X")
+    axis.set_title("Dominant head: GridBlock(p, r) optimum vs Dropout (r=1)", fontsize=9)
+    axis.legend(fontsize=7)
+    return figure
+
+
+def gap(data: dict[str, Any]) -> Figure:
+    figure = Figure(figsize=(6, 4.2), layout="constrained")
+    axis = figure.subplots()
+    widths = [row["width"] for row in data["runs"]]
+    gaps = np.array([max(row["gap"], 1e-16) for row in data["runs"]])
+    axis.semilogy(widths, gaps, "o-", label="(fixed-width minimum - F*) / F*")
+    axis.axvline(data["rank"], color="black", ls=":", label=f"rank(A*) = {data['rank']}")
+    axis.set_xlabel("width d (beta held fixed by eq. 7)")
+    axis.set_ylabel("relative gap")
+    axis.set_title("Fixed-width gap closes once d >= rank(A*)", fontsize=9)
+    axis.legend(fontsize=8)
+    return figure
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], Figure]] = {
+    "fig1": fig1,
+    "fig3": dropconnect,
+    "fig4": fig4,
+    "fig5": fig5,
+    "fig6": dropconnect,
+    "head": head,
+    "gap": gap,
+}
+
+
+def render(name: str, data: dict[str, Any], dpi: int = 100) -> bytes:
+    """The PNG bytes of figure ``name`` drawn from its JSON-able ``data``."""
+    figure = RENDERERS[name](data)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

@@ -1,0 +1,189 @@
+"""End-to-end tests of the ``structdrop`` command line (cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import structdrop as sd
+from structdrop.cli import app
+from structdrop.experiments import synthetic
+
+runner = CliRunner()
+FIGURES = ("fig1", "fig3", "fig4", "fig5", "fig6", "head", "gap")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick reproduction of every figure (about 20-30 s), shared by the tests below."""
+    out = tmp_path_factory.mktemp("results")
+    result = runner.invoke(app, ["reproduce", "synthetic", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_quick_reproduction_writes_every_figure_and_the_report(quick_results: Path) -> None:
+    for name in FIGURES:
+        assert (quick_results / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        data = json.loads((quick_results / f"{name}.json").read_text())
+        assert data["figure"] == name
+        assert data["config"]["quick"] is True and data["config"]["seed"] == 0
+    fig1 = json.loads((quick_results / "fig1.json").read_text())
+    assert fig1["run"]["gap"][-1] == fig1["final_gap"] < fig1["run"]["gap"][0]
+    fig5 = json.loads((quick_results / "fig5.json").read_text())
+    assert set(fig5["final_gaps"]) == {"0.1", "0.3", "0.5", "0.7", "0.9"}
+    fig3 = json.loads((quick_results / "fig3.json").read_text())
+    correlated = next(r for r in fig3["runs"] if r["dataset"] == "correlated")
+    assert correlated["paper_vs_corrected_final"] > 0.2  # Thm 4.1 fails on correlated inputs
+    gap = json.loads((quick_results / "gap.json").read_text())
+    assert gap["width_gap"] > 1e-2 > gap["closed_gap"]
+    text = (quick_results / "REPORT.md").read_text()
+    for name in FIGURES:
+        assert f"![{name}]({name}.png)" in text
+    assert "| Thm 4.1 / Cor. 4.2 |" in text and "**fails**" in text
+    assert not (quick_results / "checkpoints").exists()
+    assert not [p for p in quick_results.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_rerun_skips_finished_figures(quick_results: Path) -> None:
+    before = {name: (quick_results / f"{name}.json").stat().st_mtime_ns for name in FIGURES}
+    result = runner.invoke(app, ["reproduce", "synthetic", "--quick", "--out", str(quick_results)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skipped") == len(FIGURES)
+    after = {name: (quick_results / f"{name}.json").stat().st_mtime_ns for name in FIGURES}
+    assert after == before
+
+
+def test_force_recomputes_with_identical_results(quick_results: Path) -> None:
+    path = quick_results / "gap.json"
+    before, stamp = json.loads(path.read_text()), path.stat().st_mtime_ns
+    result = runner.invoke(
+        app,
+        [
+            "reproduce",
+            "synthetic",
+            "--quick",
+            "--figure",
+            "gap",
+            "--force",
+            "--out",
+            str(quick_results),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "gap: done" in result.output
+    after = json.loads(path.read_text())
+    assert path.stat().st_mtime_ns != stamp
+    before.pop("elapsed_s"), after.pop("elapsed_s")
+    assert after == before
+
+
+@pytest.mark.parametrize("arguments", [["--figure", "fig2"], ["--figure", "fig1", "-f", "nope"]])
+def test_unknown_figure_exits_2_and_writes_nothing(tmp_path: Path, arguments: list[str]) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["reproduce", "synthetic", *arguments, "--out", str(out)])
+    assert result.exit_code == 2
+    assert "unknown figure" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_diverging_lr_exits_2_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(synthetic, "safe_lr", lambda *args: 1e-2)
+    result = runner.invoke(
+        app, ["reproduce", "synthetic", "--quick", "--figure", "fig1", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "diverged" in result.output and "lr=0.01" in result.output
+    assert _files(tmp_path) == set()
+
+
+# ------------------------------------------------------------------------------------------------
+# optimum
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def problem() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 40))
+    Y = rng.standard_normal((6, 3)) @ rng.standard_normal((3, 12)) @ X
+    return X, Y
+
+
+def _save(folder: Path, kind: str, X: np.ndarray, Y: np.ndarray) -> tuple[Path, Path]:
+    if kind == "npy":
+        np.save(folder / "x.npy", X), np.save(folder / "y.npy", Y)
+        return folder / "x.npy", folder / "y.npy"
+    if kind == "npz":
+        np.savez(folder / "data.npz", X=X, Y=Y)
+        return folder / "data.npz", folder / "data.npz"
+    np.savetxt(folder / "x.csv", X, delimiter=",", fmt="%.17g")
+    np.savetxt(folder / "y.csv", Y, delimiter=",", fmt="%.17g")
+    return folder / "x.csv", folder / "y.csv"
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "csv"])
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_optimum_matches_global_minimum(
+    tmp_path: Path, problem: tuple[np.ndarray, np.ndarray], kind: str, block_size: int
+) -> None:
+    X, Y = problem
+    x, y = _save(tmp_path, kind, X, Y)
+    arguments = ["optimum", "--x", str(x), "--y", str(y), "--p", "0.5", "--width", "4"]
+    result = runner.invoke(app, [*arguments, "--block-size", str(block_size)])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    scheme = sd.Bernoulli(0.5) if block_size == 1 else sd.GridBlock(0.5, block_size)
+    expected = sd.global_minimum(X, Y, scheme, 4)
+    assert printed["value"] == pytest.approx(expected.value, rel=1e-12)
+    assert printed["beta"] == pytest.approx(expected.beta)
+    assert (printed["rho"], printed["rank"]) == (expected.rho, expected.rank)
+    np.testing.assert_allclose(printed["singular_values"], expected.singular_values, atol=1e-9)
+    np.testing.assert_allclose(
+        printed["target_singular_values"], expected.target_singular_values, rtol=1e-12
+    )
+    assert printed["residual"] == pytest.approx(expected.residual, abs=1e-8)
+
+
+def _bad_inputs(folder: Path, X: np.ndarray, Y: np.ndarray) -> dict[str, tuple[list[str], str]]:
+    np.save(folder / "x.npy", X)
+    np.save(folder / "y.npy", Y)
+    np.save(folder / "short.npy", Y[:, :-1])
+    bad = X.copy()
+    bad[1, 2] = np.nan
+    np.save(folder / "nan.npy", bad)
+    np.save(folder / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    (folder / "text.csv").write_text("1,2\nthree,4\n")
+    x, y = str(folder / "x.npy"), str(folder / "y.npy")
+    return {
+        "missing file": (["--x", str(folder / "nope.npy"), "--y", y], "no such file"),
+        "pickled objects": (["--x", str(folder / "objects.npy"), "--y", y], "never loaded"),
+        "not finite": (["--x", str(folder / "nan.npy"), "--y", y], "must be finite"),
+        "shapes": (["--x", x, "--y", str(folder / "short.npy")], "same number of samples"),
+        "not numbers": (["--x", str(folder / "text.csv"), "--y", y], "cannot read"),
+        "bad p": (["--x", x, "--y", y, "--p", "1.5"], "p must be in [0, 1)"),
+        "bad width": (["--x", x, "--y", y, "--block-size", "3"], "block_size must divide"),
+    }
+
+
+def test_optimum_bad_inputs_exit_2_with_one_line(
+    tmp_path: Path, problem: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, Y = problem
+    for case, (arguments, message) in _bad_inputs(tmp_path, X, Y).items():
+        options = {"--p": "0.5", "--width": "4"}
+        for key, value in options.items():
+            if key not in arguments:
+                arguments = [*arguments, key, value]
+        result = runner.invoke(app, ["optimum", *arguments])
+        assert result.exit_code == 2, (case, result.output)
+        assert message in result.output, (case, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (case, result.output)
