@@ -16,6 +16,7 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/structdrop reproduce synthetic --out results
+	$(BIN)/structdrop reproduce deep --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -25,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_optimum.py
 	$(BIN)/python benchmarks/bench_sgd.py
 	$(BIN)/python benchmarks/bench_layers.py
+	$(BIN)/python benchmarks/bench_deep.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -90,6 +90,69 @@ def synthetic_command(
     typer.echo(f"report: {path}")
 
 
+@reproduce.command("deep")
+def deep_command(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            help="digits (bundled, offline), mnist, fashion-mnist, cifar10 (files under "
+            "--data-dir) or synthetic32.",
+        ),
+    ] = "digits",
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Epochs (default: the preset's).")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run (smoke tests).")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of data, init, masks.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute even if the results exist.")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Where torchvision data sets lie.")
+    ] = None,
+    scheme: Annotated[
+        str, typer.Option("--scheme", help="Mask law on the 80 features: grid or bernoulli.")
+    ] = "grid",
+    p: Annotated[float, typer.Option("--p", help="Drop probability, in [0, 1).")] = 0.5,
+    block_size: Annotated[int, typer.Option("--block-size", help="Grid block size r.")] = 5,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Sec. 5.2 / Fig. 2: ResNet-50 with structured dropout before the last layer.
+
+    Writes <out>/fig2.png, <out>/fig2.json (fig2_<dataset>.* for other data sets) and the Fig. 2
+    section of <out>/REPORT.md. A checkpoint is saved every epoch; a killed run resumes. For
+    several GPUs or nodes launch ``torchrun ... -m structdrop.experiments.deep`` with the same
+    options.
+    """
+    from .experiments import deep, report
+
+    try:
+        config = deep.config_from_options(
+            dataset=dataset,
+            epochs=epochs,
+            quick=quick,
+            seed=seed,
+            data_dir=data_dir,
+            scheme=scheme,
+            p=p,
+            block_size=block_size,
+            device=device,
+        )
+        data = deep.run_deep(config, out, force=force, progress=True)
+    except (ValueError, TypeError, deep.MissingDataError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
+        raise typer.Exit(code=130) from None
+    gap = data.get("gap")
+    typer.echo(
+        f"fig2 ({dataset}): gap to the theoretical minimum {gap if gap is None else f'{gap:.3g}'}"
+    )
+    typer.echo(f"report: {report.write_report(out)}")
+
+
 def _headline(name: str, data: dict[str, Any]) -> str:
     if name == "fig1":
         return f" (final gap {data['final_gap']:.2e})"

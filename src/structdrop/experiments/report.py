@@ -331,7 +331,23 @@ def build_report(out: str | Path) -> str:
         lines += _summary(name, data)
         lines.append(f"- data: [{name}.json]({name}.json), computed in {data['elapsed_s']:.1f} s")
         lines.append("")
+    lines += _deep_sections(out)
     return "\n".join(lines)
+
+
+def _deep_sections(out: Path) -> list[str]:
+    """The Fig. 2 sections (Sec. 5.2, ``structdrop reproduce deep``), one per data set run."""
+    paths = sorted(out.glob("fig2*.json"))
+    if not paths:
+        return [
+            "## Fig. 2: deep network (Sec. 5.2)",
+            "",
+            "Not run yet: `structdrop reproduce deep`.",
+            "",
+        ]
+    from . import deep  # torch and torchvision: only when there is something to report
+
+    return [deep.report_section(_io.read_json(path)) + "\n" for path in paths]
 
 
 def write_report(out: str | Path) -> Path:

@@ -1,0 +1,312 @@
+"""Tests of the deep-network experiment (Sec. 5.2, Fig. 2): structdrop.experiments.deep.
+
+Small sizes throughout: one ``--quick`` run of the ResNet-50 network end to end; resuming and
+DDP use the ``tiny`` trunk (no BatchNorm) so that they take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import structdrop as sd
+from structdrop.experiments import deep
+from structdrop.experiments.deep import DeepConfig
+from structdrop.experiments.deep_data import MissingDataError, load_images
+
+
+def one_hot(counts: list[int]) -> np.ndarray:
+    """The a x N one-hot target matrix with ``counts[c]`` samples of class c."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return np.eye(len(counts))[:, labels]
+
+
+def tiny(**overrides: object) -> DeepConfig:
+    settings: dict[str, object] = {
+        "trunk": "tiny",
+        "train_size": 60,
+        "image_size": 8,
+        "batch_size": 20,
+        "epochs": 3,
+        "lr": 3e-3,
+    }
+    settings.update(overrides)
+    return DeepConfig(**settings)
+
+
+# --------------------------------------------------------------------------------------------
+# Theory, checked by hand
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_hot_singular_values_are_root_class_counts() -> None:
+    theory = deep.theoretical_minimum(one_hot([9, 4, 1]), sd.Bernoulli(0.5), width=4)
+    np.testing.assert_allclose(theory.target_singular_values, [3.0, 2.0, 1.0], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("width", "beta", "expected", "value"),
+    [
+        # beta = (1-theta)/(theta d) = 1/4: tau = beta sum(x) = 6 beta / (1 + 3 beta) = 6/7.
+        (4, 0.25, [15 / 7, 8 / 7, 1 / 7], 36 / 7),
+        # beta = 1: tau = 6/4 > m_3 zeroes x_3; on two, tau = 5 - 2 tau = 5/3.
+        (1, 1.0, [4 / 3, 1 / 3, 0.0], 28 / 3),
+    ],
+)
+def test_dropout_prediction_is_a_soft_threshold(
+    width: int, beta: float, expected: list[float], value: float
+) -> None:
+    """Prop. 3.3 (with its 1/d): ``x_i = (m_i - tau)_+``, ``tau = beta sum_i x_i``; the value
+    is ``sum (m_i - x_i)^2 + beta (sum x_i)^2``."""
+    theory = deep.theoretical_minimum(one_hot([9, 4, 1]), sd.Bernoulli(0.5), width=width)
+    assert theory.beta == pytest.approx(beta)
+    assert theory.block_size == 1
+    np.testing.assert_allclose(theory.singular_values, expected, atol=1e-12)
+    assert theory.value == pytest.approx(value, rel=1e-12)
+
+
+def test_balanced_classes_shrink_uniformly_under_grid_dropblock() -> None:
+    """Ten classes of four: all m_i = 2. With r = 5 < 10 the k-support norm of a flat vector
+    is ``(sum x)^2 / r``, so ``x = m / (1 + beta a / r)`` with beta = (5/80)(0.5/0.5)."""
+    Y = one_hot([4] * 10)
+    theory = deep.theoretical_minimum(Y, sd.GridBlock(0.5, 5), width=80)
+    beta = 5 / 80
+    x = 2.0 / (1.0 + beta * 10 / 5)
+    np.testing.assert_allclose(theory.singular_values, [x] * 10, rtol=1e-12)
+    assert theory.value == pytest.approx(10 * (2 - x) ** 2 + beta * (10 * x) ** 2 / 5)
+
+
+@pytest.mark.parametrize("scheme", [sd.Bernoulli(0.3), sd.GridBlock(0.5, 5), sd.DropConnect(0.2)])
+def test_theory_matches_the_global_minimum_with_identity_inputs(scheme: sd.Scheme) -> None:
+    """Sufficient capacity is the linear problem with X = I (every G reachable)."""
+    Y = one_hot([7, 5, 5, 3, 1])
+    theory = deep.theoretical_minimum(Y, scheme, width=20)
+    law = sd.Bernoulli(scheme.p) if isinstance(scheme, sd.DropConnect) else scheme
+    reference = sd.global_minimum(np.eye(Y.shape[1]), Y, law, 20)
+    assert theory.value == pytest.approx(reference.value, rel=1e-10)
+    np.testing.assert_allclose(theory.singular_values, reference.singular_values, atol=1e-10)
+
+
+def test_no_theory_for_sliding_blocks() -> None:
+    assert deep.theoretical_minimum(one_hot([2, 2]), sd.SlidingBlock(0.2, 3), 6) is None
+
+
+# --------------------------------------------------------------------------------------------
+# The deterministic objective
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme_name", ["grid", "bernoulli"])
+def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
+    """Thm 3.1, eq. 14-15 from the features themselves, in float64."""
+    config = tiny(scheme=scheme_name)
+    data = load_images("digits", image_size=8, train_size=60, seed=0)
+    model = deep.build_model(config, data.classes)
+    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
+    scheme = deep.make_scheme(config)
+    procs = deep._processes(config)
+    result = deep.evaluate(model, data, scheme, procs, amp=False)
+    with torch.no_grad():
+        G = model.features(data.images).double().T
+    U = model.head.weight.detach().double()
+    Y = data.targets()
+    fit = float(((Y - U @ G) ** 2).sum())
+    omega = float(sd.penalty(U, G, scheme))
+    assert result["fit"] == pytest.approx(fit, rel=1e-9)
+    assert result["penalty"] == pytest.approx(omega, rel=1e-9)
+    expected = torch.linalg.svdvals(U @ G)
+    np.testing.assert_allclose(result["singular_values"], expected.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_masked_loss_averages_to_the_deterministic_objective() -> None:
+    """Eq. 14: the mean masked loss over many masks (z-bound 5) equals the objective."""
+    config = tiny(scheme="grid", p=0.4)
+    data = load_images("digits", image_size=8, train_size=60, seed=0)
+    model = deep.build_model(config, data.classes)
+    torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
+    scheme = deep.make_scheme(config)
+    objective = deep.evaluate(model, data, scheme, deep._processes(config), amp=False)
+    with torch.no_grad():
+        G = model.features(data.images).double()  # no BatchNorm: train mode = eval mode
+        U = model.head.weight.detach().double()
+        Y = data.targets().T
+        generator = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(4000):
+            scale = model.dropout(torch.ones(len(data), 80, dtype=torch.float64), generator)
+            losses.append(float(((Y - (G * scale) @ U.T) ** 2).sum()))
+    mean, error = np.mean(losses), np.std(losses) / math.sqrt(len(losses))
+    assert abs(mean - objective["objective"]) < 5 * error
+
+
+# --------------------------------------------------------------------------------------------
+# End to end, resuming, DDP
+# --------------------------------------------------------------------------------------------
+
+
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    """The default network (ResNet-50) on ``--quick`` sizes: figure, JSON, report section."""
+    config = DeepConfig.quick()
+    assert config.trunk == "resnet50" and config.width == 80
+    data = deep.run_deep(config, tmp_path, force=False, progress=False)
+    assert (tmp_path / "fig2.png").stat().st_size > 10_000
+    on_disk = json.loads((tmp_path / "fig2.json").read_text())
+    assert on_disk["config"] == config.identity()
+    assert not (tmp_path / "checkpoints" / "fig2.pt").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    history = data["history"]
+    assert len(history["step_loss"]) == 2 * 2
+    assert history["eval_step"] == [0, 2, 4]
+    # The theoretical minimum is a lower bound on every deterministic objective.
+    minimum = data["theory"]["value"]
+    assert all(value >= minimum * (1 - 1e-9) for value in history["objective"])
+    assert data["gap"] >= 0
+    assert len(data["final"]["singular_values"]) == 10
+    section = deep.report_section(data)
+    assert "![Figure 2](fig2.png)" in section
+    assert "Verdict" in section and "theoretical minimum" in section
+    # A second call reuses the results.
+    again = deep.run_deep(config, tmp_path, force=False, progress=False)
+    assert again["history"] == on_disk["history"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    config = tiny()
+    straight = deep.train(config)
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(deep._Interrupted):
+        deep.train(config, checkpoint=checkpoint, interrupt_after=1)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["epoch"] == 1 and state["config"] == config.identity()
+    resumed = deep.train(config, checkpoint=checkpoint)
+    assert resumed.resumed_from_epoch == 1
+    timeless = {k: v for k, v in straight.history.items() if k != "epoch_seconds"}
+    assert {k: v for k, v in resumed.history.items() if k != "epoch_seconds"} == timeless
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
+    # A checkpoint of another configuration is not resumed.
+    other = deep.train(tiny(seed=1), checkpoint=checkpoint)
+    assert other.resumed_from_epoch == 0
+
+
+def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    config = tiny(epochs=2)
+    with pytest.raises(deep._Interrupted):
+        deep.train(config, checkpoint=tmp_path / "checkpoints" / "fig2.pt", interrupt_after=1)
+    data = deep.run_deep(config, tmp_path, progress=False)
+    assert data["timing"]["resumed_from_epoch"] == 1
+    assert data == json.loads((tmp_path / "fig2.json").read_text())
+    fresh = deep.run_deep(config, tmp_path, force=True, progress=False)
+    assert fresh["timing"]["resumed_from_epoch"] == 0
+    assert fresh["final"] == data["final"]
+
+
+def _ddp_worker(rank: int, world: int, rendezvous: str, config: DeepConfig, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        result = deep.train(config)
+        if rank == 0:
+            torch.save({"model": result.model.state_dict(), "final": result.final}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
+    """Same global batch (25: shards of 13 and 12, last batch 10), same masks, same result."""
+    config = tiny(batch_size=25, epochs=2)
+    single = deep.train(config)
+    out = tmp_path / "ddp.pt"
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_ddp_worker, args=(2, rendezvous, config, str(out)), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    for name, tensor in single.model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
+    assert ddp["final"]["objective"] == pytest.approx(single.final["objective"], rel=1e-5)
+
+
+def test_main_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--quick", "--trunk", "tiny", "--out", str(tmp_path), "--no-progress"]
+    assert deep.main([*argv, "--scheme", "bernoulli", "--p", "0.3", "--image-size", "8"]) == 0
+    assert "Figure 2" in capsys.readouterr().out
+    data = json.loads((tmp_path / "fig2.json").read_text())
+    assert data["config"]["scheme"] == "bernoulli" and data["config"]["p"] == 0.3
+    assert data["scheme"] == "Bernoulli(p=0.3)"
+
+
+# --------------------------------------------------------------------------------------------
+# Data and bad inputs
+# --------------------------------------------------------------------------------------------
+
+
+def test_digits_subset_is_fixed_by_the_seed() -> None:
+    first = load_images("digits", image_size=16, train_size=50, seed=3)
+    second = load_images("digits", image_size=16, train_size=50, seed=3)
+    other = load_images("digits", image_size=16, train_size=50, seed=4)
+    assert first.images.shape == (50, 3, 16, 16)
+    torch.testing.assert_close(first.images, second.images)
+    assert not torch.equal(first.labels, other.labels)
+    assert abs(float(first.images.mean())) < 1e-5
+    assert float(first.images.std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_synthetic32_is_generated_from_the_seed() -> None:
+    data = load_images("synthetic32", image_size=32, train_size=40, seed=0)
+    again = load_images("synthetic32", image_size=32, train_size=40, seed=0)
+    assert data.images.shape == (40, 3, 32, 32) and data.classes == 10
+    torch.testing.assert_close(data.images, again.images)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
+        ("fashion-mnist", "FashionMNIST/raw/train-labels-idx1-ubyte"),
+        ("cifar10", "cifar-10-batches-py/data_batch_1"),
+    ],
+)
+def test_missing_files_say_what_to_put_where(tmp_path: Path, name: str, expected: str) -> None:
+    with pytest.raises(MissingDataError) as info:
+        load_images(name, image_size=32, train_size=10, seed=0, data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / expected) in message
+    assert "--data-dir" in message
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"dataset": "imagenet"}, ValueError, "dataset must be one of"),
+        ({"p": 1.0}, ValueError, r"p must be in \[0, 1\), got 1.0"),
+        ({"p": -0.1}, ValueError, r"p must be in \[0, 1\)"),
+        ({"scheme": "dropblock"}, ValueError, "scheme must be one of"),
+        ({"block_size": 3}, ValueError, "block_size"),
+        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+        ({"trunk": "vgg"}, ValueError, "trunk must be one of"),
+        ({"device": "tpu"}, ValueError, "device must be"),
+    ],
+)
+def test_bad_configurations(overrides: dict[str, object], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        DeepConfig(**overrides)
+
+
+def test_bad_command_line_options() -> None:
+    with pytest.raises(SystemExit):
+        deep.main(["--dataset", "imagenet"])
+    with pytest.raises(ValueError, match="p must be in"):
+        deep.main(["--p", "1.5", "--quick"])
+
+
+def test_options_map_to_the_configuration() -> None:
+    config = deep.config_from_options(dataset="cifar10", train_size=0, quick=True)
+    assert config.train_size is None and config.image_size == 32 and config.epochs == 2
+    assert deep.config_from_options(epochs=7).epochs == 7
