@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from . import _validation as check
 from ._arrays import Array, Kind, common_kind, convert, scalar, to_numpy
@@ -44,14 +45,21 @@ class MonteCarloEstimate(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _characteristic(scheme: Scheme, d: int) -> np.ndarray:
+def _characteristic(scheme: Scheme, d: int, plus_one: bool = False) -> np.ndarray:
+    """``Cbar`` (or ``1 + Cbar``, the weights of fit plus penalty), cached per scheme and width."""
     cbar = scheme.characteristic(d)
+    if plus_one:
+        cbar = cbar + 1.0
     cbar.setflags(write=False)
     return cbar
 
 
-def _weights(scheme: Scheme, d: int, kind: Kind) -> Array:
-    return convert(_characteristic(scheme, d), kind)
+def _weights(scheme: Scheme | None, d: int, kind: Kind, plus_one: bool = False) -> Array | None:
+    """``Cbar`` (``1 + Cbar`` if ``plus_one``) in the evaluation's kind; None means all ones
+    (the fit alone) and no scheme means no penalty (only with ``plus_one``)."""
+    if scheme is None:
+        return None
+    return convert(_characteristic(scheme, d, plus_one), kind)
 
 
 def _check_factors(U: Array, V: Array, *, finite: bool = True) -> tuple[Array, Array]:
@@ -99,6 +107,8 @@ class Gram:
     yx: Array | None
     yy: Array | None
     kind: Kind
+    #: ``[Y X^T; X X^T]`` ((a+b) x b), of which yx and xx are views: one product with V gives both.
+    stacked: Array | None = None
 
     @classmethod
     def from_data(cls, X: Array, Y: Array | None = None) -> Gram:
@@ -112,7 +122,10 @@ class Gram:
         check.check_same(Y.shape[1], X.shape[1], "X and Y must have the same number of samples N")
         kind = common_kind(X, Y)
         X, Y = convert(X, kind), convert(Y, kind)
-        return cls(xx=X @ X.T, yx=Y @ X.T, yy=(Y * Y).sum(), kind=kind)
+        a = Y.shape[0]
+        both = torch.cat([Y, X]) if kind.is_torch else np.concatenate([Y, X])
+        stacked = both @ X.T
+        return cls(xx=stacked[a:], yx=stacked[:a], yy=(Y * Y).sum(), kind=kind, stacked=stacked)
 
     def _factors(self, U: Array, V: Array, *, needs_y: bool) -> tuple[Array, Array, Kind]:
         """Factors of valid shapes (finiteness is checked on the result) and the kind of the
@@ -148,24 +161,27 @@ class Gram:
     def _evaluate(self, U: Array, V: Array, scheme: Scheme | None, *, fit: bool) -> Array:
         """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
         U, V, kind = self._factors(U, V, needs_y=fit)
+        dropconnect = isinstance(scheme, DropConnect)
         with np.errstate(all="ignore"):  # a non-finite result is reported below
             xx = convert(self.xx, kind)
-            dropconnect = isinstance(scheme, DropConnect)
+            if fit:  # Y X^T V and X X^T V in one product
+                products = convert(self.stacked, kind) @ V
+                yx_v, xx_v = products[: U.shape[0]], products[U.shape[0] :]
+            elif not dropconnect:
+                xx_v = xx @ V
             value = 0.0
             if fit or not dropconnect:
-                ut_u = U.T @ U
-                vt_xx_v = V.T @ (xx @ V)
+                # fit + penalty = ||Y||^2 - 2 <U, Y X^T V> + <(1 + Cbar) * U^T U, V^T X X^T V>
+                weights = _weights(scheme, U.shape[1], kind, fit) if not dropconnect else None
+                quadratic = (U.T @ U) * (V.T @ xx_v)
+                value = (quadratic if weights is None else weights * quadratic).sum()
             if fit:
-                yx, yy = convert(self.yx, kind), convert(self.yy, kind)
-                value = yy - 2.0 * (U * (yx @ V)).sum() + (ut_u * vt_xx_v).sum()
+                value = convert(self.yy, kind) - 2.0 * (U * yx_v).sum() + value
             if dropconnect:
                 theta = scheme.keep_prob
                 unit_norms = (U * U).sum(0)
                 weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
                 value = value + (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
-            elif scheme is not None:
-                cbar = _weights(scheme, U.shape[1], kind)
-                value = value + (cbar * ut_u * vt_xx_v).sum()
         check.check_result(value, U=U, V=V)
         return scalar(value, kind)
 
