@@ -8,7 +8,7 @@
 #   0. the core API on CUDA tensors (objectives, optimum, k-support prox: same kind out)
 #   1. benchmarks/bench_layers.py --device cuda     (only with LAYERS=1)
 #   2. benchmarks/bench_deep.py --device cuda       (step time with / without the dropout)
-#   3. the digits Fig. 2 run on cuda with bfloat16 autocast (the CPU default configuration)
+#   3. the digits Fig. 2 run on cuda with bfloat16 autocast (40 epochs)
 #   4. a synthetic32 Fig. 2 run on cuda: 5 000 random 32x32 images, batch 256, 3 epochs
 # Outputs (logs, fig2*.png, fig2*.json, times.txt) go to $OUT if set, else results/gpu_check.
 # Needs a Python with torch (CUDA), torchvision, numpy, scipy and scikit-learn; matplotlib,
@@ -101,7 +101,7 @@ if [ "${LAYERS:-0}" = 1 ] && [ -f benchmarks/bench_layers.py ]; then
   run bench_layers 120 "$PY" benchmarks/bench_layers.py --device cuda
 fi
 run bench_deep 40 "$PY" benchmarks/bench_deep.py --device cuda --batch-size 256 --image-size 32
-run digits 60 "$PY" "$WORK/fig2_run.py" --dataset digits --device cuda \
+run digits 60 "$PY" "$WORK/fig2_run.py" --dataset digits --device cuda --epochs 40 \
   --out "$DEST" --force --no-progress
 run synthetic32 50 "$PY" "$WORK/fig2_run.py" --dataset synthetic32 --device cuda \
   --train-size 5000 --batch-size 256 --epochs 3 --out "$DEST" --force --no-progress

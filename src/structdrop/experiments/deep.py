@@ -124,7 +124,7 @@ class DeepConfig:
     scheme: str = "grid"
     p: float = 0.5
     block_size: int = 5
-    epochs: int = 40
+    epochs: int = 100
     batch_size: int = 50
     lr: float = 1e-3
     warmup: float = 0.05
