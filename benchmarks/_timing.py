@@ -1,4 +1,4 @@
-"""Shared timing helper for the benchmark scripts (not part of the package)."""
+"""Timing for the benchmark scripts (shared by them, not part of the package)."""
 
 from __future__ import annotations
 

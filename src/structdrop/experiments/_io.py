@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from .._files import write_atomically
 
 __all__ = [
     "InputError",
@@ -35,32 +35,9 @@ class InputError(ValueError):
     """A user-supplied file or value that cannot be used; the message says why, in one line."""
 
 
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file, then rename)."""
-    return _write_atomically(Path(path), lambda stream: stream.write(data))
+    return write_atomically(path, lambda stream: stream.write(data))
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

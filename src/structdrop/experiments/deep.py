@@ -36,9 +36,7 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from torch import nn
 
 from .. import _validation as check
 from .. import nn as sdnn
+from .._files import write_atomically
 from ..ksupport import ksupport_norm, prox_ksupport_sq
 from ..optimum import regularization_strength
 from ..schemes import Bernoulli, DropConnect, GridBlock, Scheme, SlidingBlock
@@ -367,30 +366,8 @@ def _all_sum(tensor: torch.Tensor, procs: _Processes) -> torch.Tensor:
     return tensor
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
-
-    For checkpoints, which ``torch.save`` streams to a file (``_io.write_bytes`` would hold
-    the whole checkpoint in memory first); results go through :mod:`._io`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    with _atomic_path(path) as temporary:
-        torch.save(state, temporary)
+    write_atomically(path, lambda stream: torch.save(state, stream))
 
 
 def _load_checkpoint(path: Path, config: DeepConfig) -> dict[str, Any] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from .. import _validation as check
 from .._arrays import to_numpy
+from .._files import write_atomically
 from ..objectives import Gram
 from ..schemes import DropConnect, Scheme, as_generator
 from . import _engine
@@ -117,18 +117,6 @@ def _fingerprint(*arrays: np.ndarray, **settings: Any) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class _State:
     """Everything a run needs to continue exactly where it stopped."""
@@ -148,8 +136,8 @@ class _State:
             "stochastic": self.stochastic,
             "rng_state": self.rng_state,
         }
-        _write_atomically(path, lambda s: np.savez(s, U=self.U, V=self.V))
-        _write_atomically(path.with_suffix(".json"), lambda s: s.write(json.dumps(meta).encode()))
+        write_atomically(path, lambda s: np.savez(s, U=self.U, V=self.V))
+        write_atomically(path.with_suffix(".json"), lambda s: s.write(json.dumps(meta).encode()))
 
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> _State | None:
