@@ -45,21 +45,16 @@ class MonteCarloEstimate(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _characteristic(scheme: Scheme, d: int, plus_one: bool = False) -> np.ndarray:
-    """``Cbar`` (or ``1 + Cbar``, the weights of fit plus penalty), cached per scheme and width."""
+def _weights(scheme: Scheme | None, d: int, kind: Kind, plus_one: bool = False) -> Array | None:
+    """``Cbar`` (``1 + Cbar`` if ``plus_one``) in the evaluation's kind, cached per scheme, width
+    and kind (read-only: callers only multiply by it); None means all ones (the fit alone)."""
+    if scheme is None:
+        return None
     cbar = scheme.characteristic(d)
     if plus_one:
         cbar = cbar + 1.0
     cbar.setflags(write=False)
-    return cbar
-
-
-def _weights(scheme: Scheme | None, d: int, kind: Kind, plus_one: bool = False) -> Array | None:
-    """``Cbar`` (``1 + Cbar`` if ``plus_one``) in the evaluation's kind; None means all ones
-    (the fit alone) and no scheme means no penalty (only with ``plus_one``)."""
-    if scheme is None:
-        return None
-    return convert(_characteristic(scheme, d, plus_one), kind)
+    return convert(cbar, kind)
 
 
 def _check_factors(U: Array, V: Array, *, finite: bool = True) -> tuple[Array, Array]:

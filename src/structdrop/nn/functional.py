@@ -203,10 +203,9 @@ def sample_masks(
         hits = drops @ incidence  # counts <= windows, exact in float32
         return (hits == 0).to(dtype).reshape(*shape, d)
     if isinstance(scheme, Discrete):
-        masks = torch.from_numpy(scheme.masks.copy()).to(device=device, dtype=dtype)
+        masks, probs = _discrete_tensors(scheme, device, dtype)
         if n == 0:
             return masks.new_empty((*shape, d))
-        probs = torch.from_numpy(scheme.probs.copy()).to(device=device)
         index = torch.multinomial(probs, n, replacement=True, generator=generator)
         return masks[index].reshape(*shape, d)
     # A scheme defined elsewhere: its own NumPy sampler, seeded from the torch generator.
@@ -223,6 +222,21 @@ def _mean(scheme: Scheme, d: int) -> np.ndarray:
     mu = np.asarray(scheme.mean(d), dtype=np.float64)
     mu.setflags(write=False)
     return mu
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_tensor(scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``mu`` as a tensor, made once per scheme, width, device and dtype (not per forward)."""
+    return torch.from_numpy(_mean(scheme, d).copy()).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _discrete_tensors(
+    scheme: Discrete, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Discrete law's masks and probabilities on ``device``, made once (not per draw)."""
+    masks = torch.from_numpy(scheme.masks.copy()).to(device=device, dtype=dtype)
+    return masks, torch.from_numpy(scheme.probs.copy()).to(device=device)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -271,7 +285,7 @@ def structured_dropout(
         return input
     d = input.shape[-1]
     work = _work_dtype(input.dtype)
-    mu = torch.from_numpy(_mean(scheme, d).copy()).to(device=input.device, dtype=work)
+    mu = _mean_tensor(scheme, d, input.device, work)
     z = sample_masks(
         scheme, tuple(input.shape[:-1]), d, device=input.device, dtype=work, generator=generator
     )
