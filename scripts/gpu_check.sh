@@ -110,9 +110,11 @@ echo "times (also in $DEST/times.txt):"
 cat "$DEST/times.txt"
 for name in fig2 fig2_synthetic32; do
   if [ -f "$DEST/$name.json" ]; then
-    "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); t = d['timing']; \
+    "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); \
+t = json.load(open(sys.argv[2]))[sys.argv[3]]; \
 print(sys.argv[1], 'train', round(t['train_seconds'], 1), 's,', \
-round(t['images_per_second'] or 0), 'images/s, gap', d['gap'])" "$DEST/$name.json"
+round(t['images_per_second'] or 0), 'images/s, gap', d['gap'])" \
+      "$DEST/$name.json" "$DEST/timings.json" "$name"
   fi
 done
 exit "$failures"

@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import structdrop as sd
+from structdrop import CheckpointError
+from structdrop._checkpoint import load_checkpoint
 from structdrop.experiments import deep
 from structdrop.experiments.deep import DeepConfig
 from structdrop.experiments.deep_data import MissingDataError, load_images
@@ -183,17 +185,16 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     checkpoint = tmp_path / "run.pt"
     with pytest.raises(deep._Interrupted):
         deep.train(config, checkpoint=checkpoint, interrupt_after=1)
-    state = torch.load(checkpoint, weights_only=True)
-    assert state["epoch"] == 1 and state["config"] == config.identity()
+    state = load_checkpoint(checkpoint, kind=deep.CHECKPOINT_KIND, identity=config.identity())
+    assert state["epoch"] == 1 and len(state["epoch_seconds"]) == 1
     resumed = deep.train(config, checkpoint=checkpoint)
     assert resumed.resumed_from_epoch == 1
-    timeless = {k: v for k, v in straight.history.items() if k != "epoch_seconds"}
-    assert {k: v for k, v in resumed.history.items() if k != "epoch_seconds"} == timeless
+    assert resumed.history == straight.history
     for name, tensor in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
-    # A checkpoint of another configuration is not resumed.
-    other = deep.train(tiny(seed=1), checkpoint=checkpoint)
-    assert other.resumed_from_epoch == 0
+    # A checkpoint of another configuration is refused, never resumed.
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        deep.train(tiny(seed=1), checkpoint=checkpoint)
 
 
 def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
@@ -201,11 +202,17 @@ def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(deep._Interrupted):
         deep.train(config, checkpoint=tmp_path / "checkpoints" / "fig2.pt", interrupt_after=1)
     data = deep.run_deep(config, tmp_path, progress=False)
-    assert data["timing"]["resumed_from_epoch"] == 1
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["fig2"]["resumed_from_epoch"] == 1
     assert data == json.loads((tmp_path / "fig2.json").read_text())
-    fresh = deep.run_deep(config, tmp_path, force=True, progress=False)
-    assert fresh["timing"]["resumed_from_epoch"] == 0
-    assert fresh["final"] == data["final"]
+    resumed_bytes = (tmp_path / "fig2.json").read_bytes()
+    resumed_png = (tmp_path / "fig2.png").read_bytes()
+    assert not (tmp_path / "checkpoints").exists()  # no empty folder left behind
+    deep.run_deep(config, tmp_path, force=True, progress=False)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["fig2"]["resumed_from_epoch"] == 0
+    assert (tmp_path / "fig2.json").read_bytes() == resumed_bytes  # same seed, same bytes
+    assert (tmp_path / "fig2.png").read_bytes() == resumed_png
 
 
 def _ddp_worker(rank: int, world: int, rendezvous: str, config: DeepConfig, out: str) -> None:
@@ -238,7 +245,7 @@ def test_main_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "Figure 2" in capsys.readouterr().out
     data = json.loads((tmp_path / "fig2.json").read_text())
     assert data["config"]["scheme"] == "bernoulli" and data["config"]["p"] == 0.3
-    assert data["scheme"] == "Bernoulli(p=0.3)"
+    assert sd.Scheme.from_dict(data["scheme"]) == sd.Bernoulli(0.3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import structdrop as sd
+from structdrop import CheckpointError
 from structdrop.linear import (
     DivergenceError,
     fit_gd,
@@ -230,10 +231,12 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch
     np.testing.assert_array_equal(resumed.expected, uninterrupted.expected)
     np.testing.assert_array_equal(resumed.stochastic, uninterrupted.stochastic)
     np.testing.assert_array_equal(resumed.U, uninterrupted.U)
-    # A checkpoint of other settings is ignored, not resumed.
-    other = fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **{**settings, "seed": 3})
-    assert not np.array_equal(other.U, uninterrupted.U)
-    assert not list(tmp_path.glob("*.tmp"))
+    # A checkpoint of other settings or data is refused, never resumed.
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **{**settings, "seed": 3})
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, 1.5 * Y, U0, V0, scheme, checkpoint=path, **settings)
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("scheme", [sd.Bernoulli(0.3), sd.GridBlock(0.5, 2)], ids=repr)

@@ -3,6 +3,7 @@
 Pal, Lane, Vidal, Haeffele. On the Regularization Properties of Structured Dropout. CVPR 2020.
 """
 
+from ._checkpoint import CheckpointError
 from .ksupport import (
     ksupport_norm,
     prox_ksupport_sq,
@@ -28,6 +29,7 @@ from .schemes import Bernoulli, Discrete, DropConnect, GridBlock, Scheme, Slidin
 
 __all__ = [
     "Bernoulli",
+    "CheckpointError",
     "Discrete",
     "DropConnect",
     "GlobalMinimum",

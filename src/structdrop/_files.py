@@ -1,15 +1,22 @@
 """Atomic file writes: every result and checkpoint is written to a temporary file beside its
-destination and renamed onto it, so a killed run never leaves a half-written file."""
+destination and renamed onto it, so a killed run never leaves a half-written file.
+
+A temporary file is named ``.<name>.<pid>.<random>.tmp``. A process killed outright (SIGKILL)
+cannot remove its own; the next write to the same destination removes those whose process is
+gone (:func:`remove_stale_temporaries`), so a rerun leaves no litter behind.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["write_atomically"]
+__all__ = ["remove_stale_temporaries", "write_atomically"]
 
 
 def _umask() -> int:
@@ -24,7 +31,10 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
     it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(handle, "wb") as stream:
@@ -36,3 +46,34 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that killed writers left beside ``path`` and return them.
+
+    A temporary file of a process that still runs is kept (it may be writing right now); one of
+    a process that is gone, or one without a process id, is removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[^.]+\.tmp")
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(candidate.name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        if pid is not None and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed

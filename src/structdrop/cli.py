@@ -3,13 +3,19 @@
 ``structdrop reproduce synthetic`` reproduces the paper's synthetic experiments (figures, JSON
 data, ``REPORT.md``); ``structdrop optimum`` prints the closed-form global minimum (Thm 2.7,
 corrected in NOTES.md) of Dropout/DropBlock for data files. Bad input gives a one-line error and
-exit status 2, with nothing written.
+exit status 2, with nothing written: a problem of the user's input or environment (a bad option,
+an unreadable file, an output folder that is not writable, a damaged or foreign checkpoint, a
+missing device) is one line on stderr, never a traceback. Errors of the program itself are not
+dressed up as usage errors: they keep their traceback.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -32,9 +38,29 @@ EXIT_USAGE = 2
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``Error: message`` on stderr and exit with status 2."""
-    typer.echo(f"Error: {message}", err=True)
+    """Print ``Error: message`` (its first line) on stderr and exit with status 2."""
+    typer.echo(f"Error: {str(message).strip().splitlines()[0]}", err=True)
     raise typer.Exit(code=EXIT_USAGE)
+
+
+def _terminate_gracefully() -> None:
+    """SIGTERM unwinds like Ctrl-C (workers stopped, temporary files removed, checkpoints kept)
+    instead of killing the process where it stands."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's input or environment, reported in one line."""
+    from ._checkpoint import CheckpointError
+    from .experiments._io import InputError
+
+    return (InputError, CheckpointError)
 
 
 @reproduce.command("synthetic")
@@ -65,24 +91,29 @@ def synthetic_command(
     from .experiments import _io, report, synthetic
     from .linear import DivergenceError
 
+    _terminate_gracefully()
     try:
         names = synthetic.check_figures(figure)
+        _io.check_out_dir(out)
     except _io.InputError as error:
         fail(str(error))
+    began = [time.perf_counter()]
 
     def announce(name: str, status: str, data: dict[str, Any] | None) -> None:
+        now = time.perf_counter()
         if status == "skipped":
             typer.echo(f"{name}: already done, skipped (use --force to recompute)")
         else:
             assert data is not None
-            typer.echo(f"{name}: done in {data['elapsed_s']:.1f} s{_headline(name, data)}")
+            typer.echo(f"{name}: done in {now - began[0]:.1f} s{_headline(name, data)}")
+        began[0] = now
 
     try:
         synthetic.run(
             names, out, quick=quick, seed=seed, force=force, progress=True, report=announce
         )
-    except DivergenceError as error:
-        fail(str(error).splitlines()[0])
+    except (DivergenceError, *_user_errors()) as error:
+        fail(str(error))
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
         raise typer.Exit(code=130) from None
@@ -126,8 +157,9 @@ def deep_command(
     several GPUs or nodes launch ``torchrun ... -m structdrop.experiments.deep`` with the same
     options.
     """
-    from .experiments import deep, report
+    from .experiments import _io, deep, report
 
+    _terminate_gracefully()
     try:
         config = deep.config_from_options(
             dataset=dataset,
@@ -140,8 +172,12 @@ def deep_command(
             block_size=block_size,
             device=device,
         )
+        _io.check_out_dir(out)
+    except (ValueError, TypeError) as error:  # the options themselves
+        fail(str(error))
+    try:
         data = deep.run_deep(config, out, force=force, progress=True)
-    except (ValueError, TypeError, deep.MissingDataError) as error:
+    except (deep.MissingDataError, *_user_errors()) as error:
         fail(str(error))
     except KeyboardInterrupt:
         typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
@@ -151,6 +187,13 @@ def deep_command(
         f"fig2 ({dataset}): gap to the theoretical minimum {gap if gap is None else f'{gap:.3g}'}"
     )
     typer.echo(f"report: {report.write_report(out)}")
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    array = np.asarray(value)
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
 
 
 def _headline(name: str, data: dict[str, Any]) -> str:
@@ -193,8 +236,9 @@ def optimum_command(
         scheme = Bernoulli(p) if block_size == 1 else GridBlock(p, block_size)
         opt = global_minimum(X, Y, scheme, width)
     except (ValueError, TypeError) as error:
-        fail(str(error).splitlines()[0])
+        fail(str(error))
     result = {
+        "scheme": scheme.to_dict(),
         "value": opt.value,
         "beta": opt.beta,
         "rho": opt.rho,
@@ -206,7 +250,9 @@ def optimum_command(
         "width": opt.width,
         "p": p,
     }
-    sys.stdout.write(json.dumps(_io.to_jsonable(result)) + "\n")
+    if not all(_finite(value) for value in result.values()):
+        fail("the optimum is not representable in float64 (an overflow); rescale X and Y")
+    sys.stdout.write(json.dumps(_io.to_jsonable(result), allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":

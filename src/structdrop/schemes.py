@@ -13,8 +13,10 @@ References:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Literal
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sparse
@@ -55,10 +57,58 @@ def as_generator(generator: Seed) -> np.random.Generator:
 
 
 class Scheme(abc.ABC):
-    """A law of masks ``z`` in R^d applied to d hidden units (scaled by ``1 / mu``)."""
+    """A law of masks ``z`` in R^d applied to d hidden units (scaled by ``1 / mu``).
+
+    A law's identity is :meth:`to_dict`: a JSON-able dict that :meth:`from_dict` reads back into
+    an equal law. Files (checkpoint fingerprints, figure data) name laws by it, never by
+    ``repr``.
+    """
 
     #: Number of consecutive units that share one Bernoulli variable (1 but for GridBlock).
     block_size: int = 1
+    #: Every concrete law by its name in :meth:`to_dict` (filled by ``__init_subclass__``).
+    _laws: ClassVar[dict[str, type[Scheme]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            Scheme._laws[cls.__name__] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        """The law's identity as a JSON-able dict: ``{"law": name, **parameters}``.
+
+        Floats are stored exactly (JSON round-trips a Python float bit for bit), so
+        ``Scheme.from_dict(s.to_dict()) == s`` for every law.
+        """
+        return {"law": type(self).__name__, **self._parameters()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scheme:
+        """The law described by ``data`` (the output of :meth:`to_dict`, e.g. read from JSON).
+
+        Raises:
+            ValueError: ``data`` names no known law or its parameters are invalid.
+        """
+        if not isinstance(data, Mapping) or "law" not in data:
+            raise ValueError(f"a mask law must be a dict with a 'law' entry, got {data!r}")
+        name = data["law"]
+        law = Scheme._laws.get(name) if isinstance(name, str) else None
+        if law is None:
+            raise ValueError(
+                f"unknown mask law {name!r}; known laws: {', '.join(sorted(Scheme._laws))}"
+            )
+        parameters = {key: value for key, value in data.items() if key != "law"}
+        try:
+            return law._from_parameters(parameters)
+        except TypeError as error:
+            raise ValueError(f"invalid parameters for {name}: {error}") from None
+
+    def _parameters(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def _from_parameters(cls, parameters: dict[str, Any]) -> Scheme:
+        return cls(**parameters)
 
     @property
     @abc.abstractmethod
@@ -320,14 +370,39 @@ class Discrete(Scheme):
                 f"got mean {mu[i]} for unit {i}"
             )
         self.masks = masks
-        self.probs = probs / total
-        self._mu = mu
-        self.masks.setflags(write=False)
-        self.probs.setflags(write=False)
+        self._given_probs = probs  # kept for to_dict: from_dict(to_dict()) is bit-identical
+        self.probs = probs if total == 1.0 else probs / total
+        self._mu = self.probs @ masks
+        for array in (self.masks, self._given_probs, self.probs, self._mu):
+            array.setflags(write=False)
+
+    def _parameters(self) -> dict[str, Any]:
+        return {"masks": self.masks.tolist(), "probs": self._given_probs.tolist()}
+
+    @classmethod
+    def _from_parameters(cls, parameters: dict[str, Any]) -> Scheme:
+        return cls(**parameters)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Discrete):
+            return NotImplemented
+        return np.array_equal(self.masks, other.masks) and np.array_equal(
+            self._given_probs, other._given_probs
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._digest())
+
+    def _digest(self) -> str:
+        digest = hashlib.sha256()
+        for array in (self.masks, self._given_probs):
+            digest.update(str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:12]
 
     def __repr__(self) -> str:
         m, d = self.masks.shape
-        return f"Discrete(<{m} masks on {d} units>)"
+        return f"Discrete(<{m} masks on {d} units, sha256 {self._digest()}>)"
 
     @property
     def keep_prob(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ from .._files import write_atomically
 
 __all__ = [
     "InputError",
+    "check_out_dir",
     "load_matrix",
+    "normalized",
+    "read_figure",
     "read_json",
+    "record_timing",
     "to_jsonable",
     "write_bytes",
     "write_json",
@@ -78,6 +83,68 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(stream)
 
 
+def normalized(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples as lists, NumPy numbers as Python's),
+    for comparing settings with those stored in a file."""
+    return json.loads(json.dumps(to_jsonable(value)))
+
+
+def read_figure(path: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The data of figure ``name`` stored at ``path``; None when there is no such file.
+
+    Raises:
+        InputError: the file exists but is not a structdrop figure of that name (unreadable, not
+            JSON, or without the ``figure`` and ``config`` entries every figure has).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path} is not a structdrop figure ({_first_line(error)})") from None
+    if not isinstance(data, dict) or data.get("figure") != name:
+        raise InputError(f"{path} is not a structdrop figure (no 'figure': {name!r} entry)")
+    if not isinstance(data.get("config"), dict):
+        raise InputError(f"{path} is not a structdrop figure (no 'config' entry)")
+    return data
+
+
+def record_timing(out: str | os.PathLike[str], name: str, timing: dict[str, Any]) -> Path:
+    """Store how long figure ``name`` took in ``<out>/timings.json`` (atomically). Timings are
+    kept out of the figures' data, so that the same seed gives the same bytes there."""
+    path = Path(out) / "timings.json"
+    try:
+        timings = read_json(path)
+    except (OSError, ValueError):
+        timings = {}
+    if not isinstance(timings, dict):
+        timings = {}
+    timings[name] = timing
+    return write_json(path, dict(sorted(timings.items())))
+
+
+def check_out_dir(out: str | os.PathLike[str]) -> Path:
+    """The output folder, created if missing and checked to be a writable folder.
+
+    Raises:
+        InputError: ``out`` is a file, lies under a file, or cannot be written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--out {out} cannot be created: {_first_line(error)}") from None
+    try:
+        probe = tempfile.TemporaryFile(dir=out)
+    except OSError as error:
+        raise InputError(f"--out {out} is not writable: {_first_line(error)}") from None
+    probe.close()
+    return out
+
+
 def _as_matrix(array: np.ndarray, source: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise InputError(f"{source} must hold real numbers, got dtype {array.dtype}")
@@ -118,6 +185,7 @@ def load_matrix(path: str | os.PathLike[str], name: str) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"{name}: {path} must end in one of {', '.join(SUFFIXES)}")
+    _check_magic(path, suffix, name)
     try:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
@@ -147,6 +215,43 @@ def load_matrix(path: str | os.PathLike[str], name: str) -> np.ndarray:
     except (OSError, EOFError, KeyError) as error:
         raise InputError(f"{name}: cannot read {path}: {_first_line(error)}") from None
     return _as_matrix(np.asarray(array), source)
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL = b"\x80"
+
+
+def _check_magic(path: Path, suffix: str, name: str) -> None:
+    """Say what a ``.npy`` or ``.npz`` file really is when its first bytes are not NumPy's."""
+    if suffix not in (".npy", ".npz"):
+        return
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except OSError as error:
+        raise InputError(f"{name}: cannot read {path}: {_first_line(error)}") from None
+    expected = NPY_MAGIC if suffix == ".npy" else ZIP_MAGIC
+    if head.startswith(expected):
+        return
+    if head.startswith(PICKLE_PROTOCOL):
+        raise InputError(
+            f"{name}: {path} holds Python objects (pickled data), which are never loaded; save "
+            "a numeric array instead"
+        )
+    what = "it is empty" if not head else "it does not start with NumPy's header"
+    if suffix == ".npz":
+        what = "it is empty" if not head else "it is not a zip archive"
+    hint = " (a text file? name it .csv)" if head and _is_text(head) else ""
+    raise InputError(f"{name}: {path} is not a NumPy {suffix} file: {what}{hint}")
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch.isspace() for ch in head.decode("utf-8"))
 
 
 def _first_line(error: BaseException) -> str:

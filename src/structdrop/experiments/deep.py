@@ -49,7 +49,8 @@ from torch import nn
 
 from .. import _validation as check
 from .. import nn as sdnn
-from .._files import write_atomically
+from .._checkpoint import CheckpointError, check_array, load_checkpoint, save_checkpoint
+from .._files import remove_stale_temporaries
 from ..ksupport import ksupport_norm, prox_ksupport_sq
 from ..optimum import regularization_strength
 from ..schemes import Bernoulli, DropConnect, GridBlock, Scheme, SlidingBlock
@@ -78,7 +79,7 @@ __all__ = [
 
 SCHEMES: tuple[str, ...] = ("grid", "bernoulli", "sliding", "dropconnect")
 TRUNKS: tuple[str, ...] = ("resnet50", "resnet18", "tiny")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_KIND = "structdrop.experiments.deep.train"
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +339,9 @@ def _processes(config: DeepConfig) -> _Processes:
     world = dist.get_world_size() if distributed else 1
     wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if wants_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+        raise _io.InputError(
+            "--device cuda: torch sees no CUDA device on this machine; use --device cpu or auto"
+        )
     if wants_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -366,17 +369,69 @@ def _all_sum(tensor: torch.Tensor, procs: _Processes) -> torch.Tensor:
     return tensor
 
 
-def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    write_atomically(path, lambda stream: torch.save(state, stream))
+def _save_checkpoint(
+    path: Path,
+    config: DeepConfig,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[Any]],
+    epoch_seconds: list[float],
+) -> None:
+    """Weights, optimizer state, history and progress as one verified checkpoint file."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "epoch_seconds": epoch_seconds,
+    }
+    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=config.identity(), state=state)
 
 
-def _load_checkpoint(path: Path, config: DeepConfig) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it belongs to a run of this configuration."""
-    if not path.exists():
+def _check_state(state: dict[str, Any], config: DeepConfig, model: nn.Module) -> None:
+    """Raise ValueError unless ``state`` fits ``model`` and ``config`` (shapes, dtypes, epoch)."""
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= config.epochs:
+        raise ValueError(f"epoch is {epoch!r}, expected an int in [1, {config.epochs}]")
+    weights, expected = state["model"], model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        raise ValueError("its model weights are not those of this network")
+    for name, tensor in expected.items():
+        check_array(weights[name], f"weight {name}", tuple(tensor.shape), tensor.dtype)
+    parameters = list(model.parameters())
+    for index, entry in state["optimizer"]["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                parameter = parameters[index]
+                check_array(
+                    value, f"optimizer {key} {index}", tuple(parameter.shape), parameter.dtype
+                )
+    history = state["history"]
+    if not isinstance(history, dict) or set(history) != set(_empty_history()):
+        raise ValueError("its history is not a Fig. 2 history")
+    if len(state["epoch_seconds"]) != epoch or len(history["epoch_loss"]) != epoch:
+        raise ValueError(f"its history does not hold {epoch} epochs")
+
+
+def _load_checkpoint(
+    path: Path, config: DeepConfig, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any] | None:
+    """Restore ``model`` and ``optimizer`` from the checkpoint at ``path`` and return its state;
+    None when there is no file. A checkpoint that is not this run's raises CheckpointError."""
+    state = load_checkpoint(
+        path,
+        kind=CHECKPOINT_KIND,
+        identity=config.identity(),
+        check=lambda state: _check_state(state, config, model),
+    )
+    if state is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != config.identity():
-        return None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(path, f"is inconsistent: {error}") from None
     return state
 
 
@@ -496,6 +551,7 @@ class TrainResult:
     data: ImageData
     seconds: float
     resumed_from_epoch: int
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 class _Interrupted(RuntimeError):
@@ -516,7 +572,6 @@ def _empty_history() -> dict[str, list[Any]]:
         "penalty": [],
         "step_loss": [],  # per iteration: masked loss of the batch, times N / |batch|
         "epoch_loss": [],  # per epoch: the masked loss summed over the epoch's batches
-        "epoch_seconds": [],
     }
 
 
@@ -570,14 +625,14 @@ def train(
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    history = _empty_history()
+    history, epoch_seconds = _empty_history(), []
     start_epoch = 0
-    state = _load_checkpoint(checkpoint, config) if checkpoint is not None else None
+    state = None
+    if checkpoint is not None:
+        state = _load_checkpoint(checkpoint, config, model, optimizer)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = state["history"]
-        start_epoch = int(state["epoch"])
+        history, epoch_seconds = state["history"], state["epoch_seconds"]
+        start_epoch = state["epoch"]
 
     network: nn.Module = model
     if procs.world > 1:
@@ -626,19 +681,11 @@ def train(
         last = (epoch + 1) * steps_per_epoch
         if not history["eval_step"] or history["eval_step"][-1] != last:
             _record(history, last, evaluate(model, data, scheme, procs, config.amp))
-        history["epoch_seconds"].append(time.perf_counter() - epoch_began)
+        epoch_seconds.append(time.perf_counter() - epoch_began)
         bar.set_postfix(objective=f"{history['objective'][-1]:.4g}")
         if checkpoint is not None and procs.main:
             _save_checkpoint(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config.identity(),
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                },
-                checkpoint,
+                checkpoint, config, epoch + 1, model, optimizer, history, epoch_seconds
             )
         if procs.world > 1:
             dist.barrier()
@@ -648,7 +695,13 @@ def train(
     bar.close()
     final = evaluate(model, data, scheme, procs, config.amp)
     return TrainResult(
-        model, history, final, data, time.perf_counter() - began, resumed_from_epoch=start_epoch
+        model,
+        history,
+        final,
+        data,
+        time.perf_counter() - began,
+        resumed_from_epoch=start_epoch,
+        epoch_seconds=epoch_seconds,
     )
 
 
@@ -676,14 +729,13 @@ def _relative_error(trained: list[float], predicted: list[float]) -> float:
     return float(np.max(np.abs(s[:k] - x[:k])) / max(float(x[0]), 1e-300))
 
 
-def _results(config: DeepConfig, result: TrainResult, procs: _Processes) -> dict[str, Any]:
+def _results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
+    """The figure's data: results only, the same bytes for the same seed (no timings)."""
     scheme = make_scheme(config)
     data = result.data
     theory = theoretical_minimum(data.targets().numpy(), scheme, config.width)
     final = result.final
     norms = np.asarray(final["block_norms"])
-    seconds = float(sum(result.history["epoch_seconds"]))
-    images = len(data) * config.epochs
     output: dict[str, Any] = {
         "experiment": "fig2",
         "figure": f"{_name(config)}.png",
@@ -695,32 +747,13 @@ def _results(config: DeepConfig, result: TrainResult, procs: _Processes) -> dict
             "image_size": config.image_size,
             "class_counts": torch.bincount(data.labels, minlength=data.classes).tolist(),
         },
-        "scheme": repr(scheme),
+        "scheme": scheme.to_dict(),
         "history": result.history,
         "final": final,
         "theory": dataclasses.asdict(theory) if theory is not None else None,
         "gap": None,
         "singular_value_error": None,
         "balance": float(norms.std() / norms.mean()) if norms.mean() > 0 else None,
-        "timing": {
-            "train_seconds": seconds,
-            "images_per_second": images / seconds if seconds > 0 else None,
-            "device": str(procs.device)
-            + (
-                f" ({torch.cuda.get_device_name(procs.device)})"
-                if procs.device.type == "cuda"
-                else ""
-            ),
-            "processes": procs.world,
-            "amp": bool(config.amp and procs.device.type == "cuda"),
-            "resumed_from_epoch": result.resumed_from_epoch,
-        },
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
     }
     if theory is not None:
         output["gap"] = (final["objective"] - theory.value) / theory.value
@@ -728,6 +761,27 @@ def _results(config: DeepConfig, result: TrainResult, procs: _Processes) -> dict
             final["singular_values"], theory.singular_values
         )
     return output
+
+
+def _timing(config: DeepConfig, result: TrainResult, procs: _Processes) -> dict[str, Any]:
+    """How long the run took, and where: kept in ``timings.json``, out of the figure's data."""
+    seconds = float(sum(result.epoch_seconds))
+    images = len(result.data) * config.epochs
+    device = str(procs.device)
+    if procs.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(procs.device)})"
+    return {
+        "train_seconds": seconds,
+        "images_per_second": images / seconds if seconds > 0 else None,
+        "device": device,
+        "processes": procs.world,
+        "amp": bool(config.amp and procs.device.type == "cuda"),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_deep(
@@ -754,26 +808,47 @@ def run_deep(
     json_path = out / f"{_name(config)}.json"
     figure_path = out / f"{_name(config)}.png"
     checkpoint = out / "checkpoints" / f"{_name(config)}.pt"
-    if not force and json_path.exists():
-        cached = _io.read_json(json_path)
-        if cached.get("config") == config.identity():
-            if procs.main and not figure_path.exists():
-                plot_fig2(cached, figure_path)
-            return cached
+    cached = None if force else _cached_results(json_path, config)
+    if cached is not None:
+        if procs.main and not figure_path.exists():
+            plot_fig2(cached, figure_path)
+        return cached
     if force and procs.main:
         checkpoint.unlink(missing_ok=True)
     if procs.world > 1:
         dist.barrier()
     result = train(config, checkpoint=checkpoint, progress=progress)
-    data = _results(config, result, procs)
-    data = _io.to_jsonable(data)
+    data = _io.to_jsonable(_results(config, result))
     if procs.main:
         _io.write_json(json_path, data)
         plot_fig2(data, figure_path)
+        _io.record_timing(out, _name(config), _timing(config, result, procs))
         checkpoint.unlink(missing_ok=True)
+        remove_stale_temporaries(checkpoint)
+        with contextlib.suppress(OSError):
+            checkpoint.parent.rmdir()  # only when empty
     if procs.world > 1:
         dist.barrier()
     return data
+
+
+def _cached_results(path: Path, config: DeepConfig) -> dict[str, Any] | None:
+    """The finished results at ``path`` if they were made with ``config``; a file there that is
+    not Fig. 2 data raises InputError (it is not overwritten without ``--force``)."""
+    if not path.exists():
+        return None
+    try:
+        cached = _io.read_json(path)
+    except (OSError, ValueError) as error:
+        raise _io.InputError(
+            f"{path} is not Fig. 2 data ({error}); move it away or rerun with --force"
+        ) from None
+    if not isinstance(cached, dict) or cached.get("experiment") != "fig2":
+        raise _io.InputError(
+            f"{path} is not Fig. 2 data (no 'experiment': 'fig2' entry); move it away or rerun "
+            "with --force"
+        )
+    return cached if cached.get("config") == _io.normalized(config.identity()) else None
 
 
 def plot_fig2(data: dict[str, Any], path: Path) -> None:
@@ -797,7 +872,7 @@ def plot_fig2(data: dict[str, Any], path: Path) -> None:
     left.set_xlabel("iteration")
     left.set_ylabel("objective")
     left.legend(fontsize=8)
-    left.set_title(f"{data['dataset']['name']}: {data['scheme']}", fontsize=9)
+    left.set_title(f"{data['dataset']['name']}: {Scheme.from_dict(data['scheme'])}", fontsize=9)
 
     index = np.arange(1, len(final["singular_values"]) + 1)
     right.plot(index, final["singular_values"], "o", label="trained U G")
@@ -859,13 +934,13 @@ def _verdict(data: dict[str, Any]) -> str:
 def report_section(data: dict[str, Any]) -> str:
     """The Markdown section of REPORT.md for Fig. 2: figure, numbers and verdict."""
     config, final, theory = data["config"], data["final"], data["theory"]
-    dataset, timing = data["dataset"], data["timing"]
+    dataset, scheme = data["dataset"], Scheme.from_dict(data["scheme"])
     lines = [
         "## Figure 2: ResNet with structured dropout on the last hidden layer (Sec. 5.2)",
         "",
         f"![Figure 2]({data['figure']})",
         "",
-        f"`{config['trunk']}` trunk -> Linear(., {config['width']}) -> `{data['scheme']}` -> "
+        f"`{config['trunk']}` trunk -> Linear(., {config['width']}) -> `{scheme}` -> "
         f"Linear({config['width']}, {dataset['classes']}), squared loss summed over samples, on "
         f"{dataset['train_size']} `{dataset['name']}` training images "
         f"({dataset['image_size']}x{dataset['image_size']}), {config['epochs']} epochs of Adam "
@@ -896,8 +971,8 @@ def report_section(data: dict[str, Any]) -> str:
             f"| {data['balance']:.3f} |"
         )
     lines += [
-        f"| training time | {timing['train_seconds']:.1f} s on {timing['device']}, "
-        f"{timing['processes']} process(es) |",
+        "",
+        "How long it took, and on which device: `timings.json`.",
         "",
         f"Verdict: {_verdict(data)}",
         "",
@@ -1011,6 +1086,9 @@ def main(argv: list[str] | None = None) -> int:
         data = run_deep(config, options.out, force=options.force, progress=not options.no_progress)
         if not distributed or dist.get_rank() == 0:
             print(report_section(data))
+    except (MissingDataError, _io.InputError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         if distributed:
             dist.destroy_process_group()

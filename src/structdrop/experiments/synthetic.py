@@ -122,6 +122,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the numbers (not how many processes compute them): a
+        figure made with the same identity is reused, one made with another is recomputed."""
+        fields = self.to_dict()
+        fields.pop("n_jobs")
+        return fields
+
 
 # ------------------------------------------------------------------------------------------------
 # Data (one seed; independent streams so that changing the truth's rank keeps X, U0, V0)
@@ -441,7 +448,7 @@ def _dropblock_runs(
         scheme = GridBlock(p, config.block_size)
         optimum = _optimum(data.X, data.Y, scheme, config.width)
         lr = safe_lr(config, data.X, data.U0, data.V0, scheme)
-        settings.append({"p": p, "scheme": repr(scheme), "lr": lr, "optimum": optimum})
+        settings.append({"p": p, "scheme": scheme.to_dict(), "lr": lr, "optimum": optimum})
         jobs.append(
             {
                 "data": data,
@@ -595,7 +602,7 @@ def fig4(config: Config, folder: Path, progress: bool = False) -> dict[str, Any]
             {
                 "p": p,
                 "variant": variant,
-                "scheme": repr(scheme),
+                "scheme": scheme.to_dict(),
                 "lr": result["lr"],
                 "halvings": result["halvings"],
                 "gamma": getattr(scheme, "gamma", None),
@@ -754,21 +761,38 @@ def check_figures(names: Sequence[str] | None) -> list[str]:
 
 
 def is_done(out: Path, name: str, config: Config) -> bool:
-    """A figure is done when its JSON exists and was made in the same mode and with the same seed
-    (a quick result never stands in for a full one)."""
-    path = Path(out) / f"{name}.json"
-    if not path.exists():
-        return False
+    """A figure is done when its JSON exists and was made with the same settings (the whole
+    :meth:`Config.identity`: a quick result never stands in for a full one, nor one of another
+    seed, scale or drop rate)."""
     try:
-        made = _io.read_json(path).get("config", {})
-    except (OSError, ValueError):
+        made = _io.read_figure(Path(out) / f"{name}.json", name)
+    except _io.InputError:
         return False
-    return made.get("quick") == config.quick and made.get("seed") == config.seed
+    return made is not None and made["config"] == _io.normalized(config.identity())
+
+
+def check_outputs(out: Path, names: Sequence[str], force: bool) -> None:
+    """Refuse to overwrite a ``<figure>.json`` that is not a structdrop figure (a file of the
+    user's that happens to have the name), unless ``force``.
+
+    Raises:
+        InputError: such a file stands where a requested figure would be written.
+    """
+    if force:
+        return
+    for name in names:
+        try:
+            _io.read_figure(Path(out) / f"{name}.json", name)
+        except _io.InputError as error:
+            raise _io.InputError(
+                f"{error}; move it away, choose another --out, or overwrite it with --force"
+            ) from None
 
 
 def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> dict[str, Any]:
     """Compute one figure, write ``<out>/<name>.png`` and ``<out>/<name>.json`` (atomically, the
-    JSON last: it marks the figure as done), and drop its checkpoints.
+    JSON last: it marks the figure as done), and drop its checkpoints. The time it took goes to
+    ``<out>/timings.json``, not into the figure's data (same seed, same bytes).
 
     A killed run keeps its checkpoints and resumes; a diverged one loses them (they are useless).
     """
@@ -785,21 +809,22 @@ def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> 
             with contextlib.suppress(OSError):
                 empty.rmdir()  # only when empty
         raise
-    data = {
-        "figure": name,
-        "title": TITLES[name],
-        "config": config.to_dict(),
-        **result,
-        "elapsed_s": time.perf_counter() - start,
-    }
+    elapsed = time.perf_counter() - start
+    data = {"figure": name, "title": TITLES[name], "config": config.identity(), **result}
     data = _io.to_jsonable(data)
     png = plots.render(name, data)
     _io.write_bytes(out / f"{name}.png", png)
     _io.write_json(out / f"{name}.json", data)
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (out / "checkpoints").rmdir()  # only when empty
+    _io.record_timing(out, name, {"elapsed_s": elapsed, "n_jobs": config.n_jobs})
+    discard_checkpoints(out, name)
     return data
+
+
+def discard_checkpoints(out: Path, name: str) -> None:
+    """Remove the checkpoints of figure ``name`` (and the checkpoints folder once empty)."""
+    shutil.rmtree(Path(out) / "checkpoints" / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (Path(out) / "checkpoints").rmdir()  # only when empty
 
 
 def run(
@@ -819,7 +844,8 @@ def run(
         out: output folder.
         quick: shrink the iterations (tests, smoke runs).
         seed: the seed of the data and of every run.
-        force: recompute figures whose JSON already exists.
+        force: recompute figures whose JSON already exists, discarding their checkpoints (also
+            damaged or foreign ones) and overwriting files that stand in the way.
         progress: tqdm progress bars.
         config: base settings (default :class:`Config`); ``quick`` and ``seed`` apply on top.
         report: called as ``report(name, status, data)`` after each figure.
@@ -830,9 +856,12 @@ def run(
     if quick and not base.quick:
         base = base.quick_version()
     out = Path(out)
+    check_outputs(out, names, force)
     status: dict[str, str] = {}
     for name in names:
-        if not force and is_done(out, name, base):
+        if force:
+            discard_checkpoints(out, name)
+        elif is_done(out, name, base):
             status[name] = "skipped"
             if report is not None:
                 report(name, "skipped", None)

@@ -8,8 +8,10 @@ exact expected objective is recorded at ~log-spaced iterations in the Gram form.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import numpy as np
 
 from .. import _validation as check
 from .._arrays import to_numpy
-from .._files import write_atomically
+from .._checkpoint import check_array, load_checkpoint, save_checkpoint
 from ..objectives import Gram
 from ..schemes import DropConnect, Scheme, as_generator
 from . import _engine
@@ -109,12 +111,17 @@ def safe_learning_rate(X: np.ndarray, U: np.ndarray, V: np.ndarray, scheme: Sche
 
 
 def _fingerprint(*arrays: np.ndarray, **settings: Any) -> str:
+    """A digest of a run's inputs (values, shapes and dtypes) and settings: its identity."""
     digest = hashlib.sha256()
     for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(str(array.shape).encode())
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+CHECKPOINT_KIND = "structdrop.linear.fit_sgd"
 
 
 @dataclass
@@ -129,27 +136,56 @@ class _State:
     rng_state: dict[str, Any]
 
     def save(self, path: Path, fingerprint: str) -> None:
-        meta = {
-            "fingerprint": fingerprint,
-            "position": self.position,
-            "expected": self.expected,
-            "stochastic": self.stochastic,
-            "rng_state": self.rng_state,
-        }
-        write_atomically(path, lambda s: np.savez(s, U=self.U, V=self.V))
-        write_atomically(path.with_suffix(".json"), lambda s: s.write(json.dumps(meta).encode()))
+        """One checkpoint file: weights, progress and generator state bound together."""
+        save_checkpoint(
+            path, kind=CHECKPOINT_KIND, identity=fingerprint, state=dataclasses.asdict(self)
+        )
 
     @classmethod
-    def load(cls, path: Path, fingerprint: str) -> _State | None:
-        meta_path = path.with_suffix(".json")
-        if not (path.exists() and meta_path.exists()):
+    def load(
+        cls,
+        path: Path,
+        fingerprint: str,
+        shapes: tuple[tuple[int, int], tuple[int, int]],
+        points: int,
+    ) -> _State | None:
+        """The verified state at ``path`` (None when there is none); a checkpoint of another
+        run, or one whose arrays or progress do not fit this run, raises CheckpointError."""
+
+        def check(state: dict[str, Any]) -> None:
+            check_array(state["U"], "U", shapes[0], np.float64)
+            check_array(state["V"], "V", shapes[1], np.float64)
+            position = state["position"]
+            if isinstance(position, bool) or not isinstance(position, int):
+                raise ValueError(f"position is {position!r}, expected an int")
+            if not 0 <= position < points:
+                raise ValueError(f"position {position} is outside the {points} record points")
+            for name in ("expected", "stochastic"):
+                values = state[name]
+                if len(values) != position + 1 or not all(
+                    isinstance(v, float) and math.isfinite(v) for v in values
+                ):
+                    raise ValueError(f"{name} does not hold {position + 1} finite numbers")
+            if not isinstance(state["rng_state"], dict):
+                raise ValueError("rng_state is not a generator state")
+
+        state = load_checkpoint(path, kind=CHECKPOINT_KIND, identity=fingerprint, check=check)
+        if state is None:
             return None
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != fingerprint:
-            return None  # a checkpoint of another configuration: start afresh
-        with np.load(path, allow_pickle=False) as arrays:
-            U, V = arrays["U"].copy(), arrays["V"].copy()
-        return cls(U, V, meta["position"], meta["expected"], meta["stochastic"], meta["rng_state"])
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
+
+
+def _checkpoint_path(checkpoint: str | os.PathLike[str] | None) -> Path | None:
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a file path or None, got {checkpoint!r}")
+    if not os.fspath(checkpoint).strip():
+        raise ValueError(f"checkpoint must be a file path or None, got {checkpoint!r}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    return path
 
 
 def fit_sgd(
@@ -181,8 +217,11 @@ def fit_sgd(
         seed: a ``numpy.random.Generator``, an integer seed, or None.
         record: number of ~log-spaced record points, or the iterations to record at.
         optimum: a reference value (e.g. ``global_minimum(...).value``) for the relative gap.
-        checkpoint: a ``.npz`` path: the state is saved there atomically at every record point,
-            and a run with the same inputs and settings resumes from it with identical results.
+        checkpoint: a file path: the state (weights, progress, generator) is saved there as one
+            atomic file at every record point, and a run with the same inputs and settings
+            resumes from it with identical results. The file is verified before use: one of
+            another run, a damaged or an inconsistent one raises
+            :class:`~structdrop._checkpoint.CheckpointError` (delete it to start afresh).
         progress: show a progress bar (tqdm).
 
     Returns:
@@ -191,6 +230,7 @@ def fit_sgd(
     Raises:
         DivergenceError: the loss became non-finite or exploded; the message names ``lr`` and a
             safe learning rate.
+        CheckpointError: ``checkpoint`` holds a file that is not this run's verified state.
     """
     if not isinstance(scheme, Scheme):
         raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
@@ -217,8 +257,9 @@ def fit_sgd(
     rng = as_generator(seed)
     stats = Gram.from_data(X, Y)
     XT, YT = np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
+    path = _checkpoint_path(checkpoint)
     config = {
-        "scheme": repr(scheme),
+        "scheme": scheme.to_dict(),
         "lr": lr,
         "lr_decay": lr_decay,
         "iterations": iterations,
@@ -226,9 +267,10 @@ def fit_sgd(
         "N": n_samples,
         "width": d,
     }
-    path = None if checkpoint is None else Path(checkpoint)
     fingerprint = _fingerprint(X, Y, U, V, points, rng=rng.bit_generator.state, **config)
-    state = _State.load(path, fingerprint) if path is not None else None
+    state = None
+    if path is not None:
+        state = _State.load(path, fingerprint, (U.shape, V.shape), points.size)
     if state is None:
         initial = float(stats.expected_loss(U, V, scheme))
         state = _State(U, V, 0, [initial], [initial], rng.bit_generator.state)

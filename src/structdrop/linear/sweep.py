@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -11,11 +13,40 @@ __all__ = ["run_sweep"]
 
 T = TypeVar("T")
 
+#: Seconds between a worker's checks that the process that started it is still alive.
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: a daemon thread ends this worker as soon as its parent is gone
+    (killed with SIGKILL, say), which the pool itself never notices; no orphan keeps a core."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="structdrop-parent-watch", daemon=True).start()
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's workers now (an interrupted sweep must not wait for its jobs)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
 
 def run_sweep(
     function: Callable[..., T], jobs: Sequence[dict[str, Any]], n_jobs: int | None = None
 ) -> list[T]:
     """``[function(**kwargs) for kwargs in jobs]``, computed in parallel processes.
+
+    Worker processes exit within about a second when the calling process dies, however it dies,
+    and are stopped at once when the sweep is interrupted (an exception, Ctrl-C, SIGTERM).
 
     Args:
         function: a picklable (module-level) function.
@@ -31,6 +62,12 @@ def run_sweep(
     workers = min(workers, max(len(jobs), 1))
     if workers == 1:
         return [function(**kwargs) for kwargs in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent)
+    try:
         futures = [pool.submit(function, **kwargs) for kwargs in jobs]
         return [future.result() for future in futures]
+    except BaseException:
+        _terminate_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,273 @@
+"""Checkpoints: arrays and metadata bound in one file, verified as a unit on load.
+
+A checkpoint is a NumPy ``.npz`` archive (never pickled) holding the arrays of a state and one
+metadata entry: the format, the kind of run, the run's identity, the state's structure (nested
+dicts, lists, tuples, numbers and strings, with references to the arrays) and a SHA-256 digest
+over all of it, arrays included. It is written atomically (:func:`write_atomically`), so a killed
+run leaves either the previous checkpoint or the new one, never half of one.
+
+On load, everything is checked before anything is used: that the file is a readable archive
+(zip CRCs), that it is a structdrop checkpoint of the expected kind and format, that the digest
+matches (arrays and metadata belong together), that it belongs to this run (identity), that every
+floating array is finite, and any shape or dtype the caller requires (``check``). A file that
+fails any of these raises one :class:`CheckpointError` naming the file, the problem and how to
+start afresh; NumPy's, zipfile's or JSON's own exceptions never reach the caller.
+
+torch tensors (state dicts) are stored as arrays too (bfloat16 through a 16-bit view) and come
+back as CPU tensors; torch is imported only when a checkpoint holds tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._files import write_atomically
+
+__all__ = ["CheckpointError", "check_array", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = 1
+META = "__structdrop_checkpoint__"
+ZIP_MAGIC = b"PK\x03\x04"
+_ARRAY, _TENSOR, _DICT, _TUPLE = "__array__", "__tensor__", "__dict__", "__tuple__"
+_MARKERS = (_ARRAY, _TENSOR, _DICT, _TUPLE)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not a checkpoint, of another run, or
+    inconsistent. The message names the file and says how to start afresh."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, remedy: str | None = None):
+        self.path = Path(path)
+        self.problem = problem
+        remedy = remedy or "delete it to start afresh (on the command line: --force)"
+        super().__init__(f"checkpoint {self.path}: {problem}; {remedy}")
+
+
+# ------------------------------------------------------------------------------------------------
+# State trees <-> (JSON skeleton, arrays)
+# ------------------------------------------------------------------------------------------------
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = np.ascontiguousarray(value)
+        return {_ARRAY: key}
+    if _is_tensor(value):
+        import torch
+
+        tensor = value.detach().to("cpu").contiguous()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.view(torch.int16)
+        key = f"a{len(arrays)}"
+        arrays[key] = tensor.numpy()
+        return {_TENSOR: key, "dtype": dtype}
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and k not in _MARKERS for k in value):
+            return {k: _encode(v, arrays) for k, v in value.items()}
+        for k in value:
+            if isinstance(k, bool) or not isinstance(k, str | int):
+                raise TypeError(f"checkpoint dict keys must be str or int, got {k!r}")
+        return {_DICT: [[k, _encode(v, arrays)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(item, arrays) for item in value]}
+    if isinstance(value, list):
+        return [_encode(item, arrays) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__} values, got {value!r}")
+
+
+def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    if isinstance(value, list):
+        return [_decode(item, arrays) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if _ARRAY in value:
+        return arrays[value[_ARRAY]]
+    if _TENSOR in value:
+        import torch
+
+        tensor = torch.from_numpy(arrays[value[_TENSOR]].copy())
+        if value["dtype"] == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor
+    if _DICT in value:
+        return {k: _decode(v, arrays) for k, v in value[_DICT]}
+    if _TUPLE in value:
+        return tuple(_decode(item, arrays) for item in value[_TUPLE])
+    return {k: _decode(v, arrays) for k, v in value.items()}
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _digest(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(_canonical(header))
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(_canonical([key, array.dtype.str, list(array.shape)]))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _normalized(identity: Any) -> Any:
+    """``identity`` as it reads back from JSON (tuples as lists, NumPy scalars as numbers)."""
+    return json.loads(_canonical(_encode(identity, {})))
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading
+# ------------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike[str], *, kind: str, identity: Any, state: Any) -> Path:
+    """Write ``state`` (a tree of dicts, lists, tuples, numbers, strings, NumPy arrays and torch
+    tensors) as one checkpoint file, atomically.
+
+    Args:
+        path: the checkpoint file.
+        kind: what run it is (e.g. ``"fit_sgd"``): a checkpoint of another kind is refused on load.
+        identity: what makes two runs the same run (JSON-able: settings, a fingerprint of the
+            data): a checkpoint of another identity is refused on load.
+        state: everything the run needs to continue.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    header = {
+        "format": FORMAT,
+        "kind": kind,
+        "identity": _normalized(identity),
+        "state": _encode(state, arrays),
+    }
+    meta = dict(header, digest=_digest(header, arrays))
+    text = json.dumps(meta, allow_nan=False).encode()  # keeps the order of the state's keys
+    payload = {META: np.frombuffer(text, dtype=np.uint8), **arrays}
+    return write_atomically(path, lambda stream: np.savez(stream, **payload))
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and arrays of the archive at ``path``, or a CheckpointError."""
+    if path.is_dir():
+        raise CheckpointError(path, "is a folder, not a checkpoint file", "choose a file path")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(ZIP_MAGIC))
+    except OSError as error:
+        raise CheckpointError(path, f"cannot be read ({type(error).__name__})") from None
+    if head != ZIP_MAGIC:
+        what = "it is empty" if not head else "it is not an .npz archive"
+        raise CheckpointError(path, f"is not a structdrop checkpoint ({what})")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CheckpointError(path, "is not a structdrop checkpoint (not an .npz archive)")
+        with loaded as archive:
+            if META not in archive.files:
+                raise CheckpointError(path, "is not a structdrop checkpoint (no metadata)")
+            arrays = {key: archive[key] for key in archive.files}
+    except CheckpointError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as error:
+        problem = " ".join(str(error).split())[:200]
+        if "allow_pickle" in problem:
+            raise CheckpointError(
+                path, "holds Python objects (pickled data), which are never loaded"
+            ) from None
+        raise CheckpointError(
+            path, f"cannot be read ({type(error).__name__}{': ' + problem if problem else ''})"
+        ) from None
+    raw = arrays.pop(META)
+    try:
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError("metadata is not a byte string")
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not an object")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(path, f"has unreadable metadata ({error})") from None
+    return meta, arrays
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    identity: Any,
+    check: Callable[[Any], None] | None = None,
+) -> Any | None:
+    """The state saved at ``path`` by :func:`save_checkpoint`, verified; None if there is no file.
+
+    Args:
+        path: the checkpoint file.
+        kind: the kind of run expected.
+        identity: this run's identity; the checkpoint must hold the same.
+        check: called with the decoded state; it raises ``ValueError``, ``KeyError``,
+            ``TypeError`` or ``IndexError`` when a shape, dtype or entry is wrong (see
+            :func:`check_array`).
+
+    Raises:
+        CheckpointError: the file is unreadable, not a structdrop checkpoint, of another kind,
+            format or run, inconsistent (digest), holds non-finite numbers, or fails ``check``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    meta, arrays = _read(path)
+    if meta.get("format") != FORMAT or "digest" not in meta:
+        raise CheckpointError(
+            path, f"has format {meta.get('format')!r}, not {FORMAT} (another structdrop version)"
+        )
+    if meta.get("kind") != kind:
+        raise CheckpointError(path, f"is a checkpoint of {meta.get('kind')!r}, not of {kind!r}")
+    header = {key: meta.get(key) for key in ("format", "kind", "identity", "state")}
+    try:
+        consistent = _digest(header, arrays) == meta["digest"]
+    except (TypeError, ValueError):
+        consistent = False
+    if not consistent:
+        raise CheckpointError(
+            path, "is inconsistent: its arrays do not match its metadata (damaged or edited)"
+        )
+    if meta["identity"] != _normalized(identity):
+        raise CheckpointError(
+            path,
+            "belongs to another run (different data, initial weights, seed or settings)",
+            "delete it, or choose another checkpoint path, to start afresh (on the command "
+            "line: --force)",
+        )
+    for key, array in arrays.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise CheckpointError(path, f"holds non-finite numbers (array {key})")
+    try:
+        state = _decode(meta["state"], arrays)
+        if check is not None:
+            check(state)
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(path, f"is inconsistent: {error}") from None
+    return state
+
+
+def check_array(value: Any, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    """Raise ValueError unless ``value`` is a NumPy array or torch tensor of ``shape`` and
+    ``dtype`` (a NumPy dtype, or a torch dtype for tensors)."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise ValueError(f"{name} is a {type(value).__name__}, expected an array")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    expected = dtype if type(dtype).__module__ == "torch" else np.dtype(dtype)
+    if str(value.dtype) != str(expected):
+        raise ValueError(f"{name} has dtype {value.dtype}, expected {expected}")

@@ -1,0 +1,530 @@
+"""Checkpoints as one verified unit (_checkpoint.py), atomic writes without litter (_files.py),
+and Algorithm 1's resume under faults: a kill between any two writes, a kill inside a write,
+and every kind of file that is not this run's checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import structdrop as sd
+from structdrop import CheckpointError
+from structdrop import _checkpoint as ckpt
+from structdrop._files import remove_stale_temporaries, write_atomically
+from structdrop.linear import DivergenceError, fit_sgd, run_sweep
+from structdrop.linear import sgd as sgd_module
+
+SRC = Path(sd.__file__).resolve().parents[1]
+
+
+def problem(seed: int = 0, a: int = 5, b: int = 7, d: int = 6, n: int = 40):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((b, n))
+    Y = rng.standard_normal((a, 3)) @ rng.standard_normal((3, b)) @ X
+    return X, Y, rng.standard_normal((a, d)), rng.standard_normal((b, d))
+
+
+SETTINGS = dict(lr=1e-3, iterations=6_000, lr_decay=1e3, seed=2, record=8)
+SCHEME = sd.GridBlock(0.5, 3)
+
+
+def reference_run():
+    X, Y, U0, V0 = problem()
+    return fit_sgd(X, Y, U0, V0, SCHEME, **SETTINGS)
+
+
+def assert_same_run(a: sd.linear.Trajectory, b: sd.linear.Trajectory) -> None:
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    np.testing.assert_array_equal(a.expected, b.expected)
+    np.testing.assert_array_equal(a.stochastic, b.stochastic)
+    np.testing.assert_array_equal(a.U, b.U)
+    np.testing.assert_array_equal(a.V, b.V)
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The container
+# ------------------------------------------------------------------------------------------------
+def test_state_round_trips_with_arrays_tensors_int_keys_and_tuples(tmp_path: Path) -> None:
+    state = {
+        "U": np.arange(6.0).reshape(2, 3),
+        "mask": np.array([True, False]),
+        "model": {"w": torch.randn(3, 2), "half": torch.randn(4).bfloat16(), "n": torch.tensor(7)},
+        "optimizer": {0: {"step": torch.tensor(3.0)}, 1: {"betas": (0.9, 0.999)}},
+        "history": [1.5, None, "x", True, 2**70],
+        "__array__": "a key that looks like a marker",
+    }
+    path = ckpt.save_checkpoint(tmp_path / "c.npz", kind="k", identity={"seed": 1}, state=state)
+    back = ckpt.load_checkpoint(path, kind="k", identity={"seed": 1})
+    np.testing.assert_array_equal(back["U"], state["U"])
+    np.testing.assert_array_equal(back["mask"], state["mask"])
+    for name, tensor in state["model"].items():
+        assert back["model"][name].dtype == tensor.dtype
+        assert torch.equal(back["model"][name], tensor)
+    assert back["optimizer"][1]["betas"] == (0.9, 0.999)
+    assert torch.equal(back["optimizer"][0]["step"], torch.tensor(3.0))
+    assert back["history"] == state["history"]
+    assert back["__array__"] == state["__array__"]
+    assert list(back) == list(state)  # key order is kept (result files stay byte-identical)
+
+
+def test_missing_checkpoint_is_none(tmp_path: Path) -> None:
+    assert ckpt.load_checkpoint(tmp_path / "none.npz", kind="k", identity=0) is None
+
+
+def _valid(tmp_path: Path) -> Path:
+    state = {"U": np.linspace(0, 1, 200).reshape(20, 10), "step": 3}
+    return ckpt.save_checkpoint(tmp_path / "c.npz", kind="k", identity="run", state=state)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, array)
+    return stream.getvalue()
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    np.savez(stream, **arrays)
+    return stream.getvalue()
+
+
+def _torch_bytes() -> bytes:
+    stream = io.BytesIO()
+    torch.save({"epoch": 1, "w": torch.ones(2)}, stream)
+    return stream.getvalue()
+
+
+BAD_FILES = {
+    "random bytes": lambda good: np.random.default_rng(0).bytes(5000),
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "tail cut": lambda good: good[:-30],
+    "text": lambda good: b"U,V\n1,2\n",
+    "pickle": lambda good: pickle.dumps({"U": [1.0]}),
+    "torch.save": lambda good: _torch_bytes(),
+    "plain .npy": lambda good: _npy_bytes(np.ones((3, 3))),
+    "foreign .npz": lambda good: _npz_bytes(U=np.ones((3, 3)), V=np.ones((3, 3))),
+    "object .npz": lambda good: _npz_bytes(U=np.array([{"a": 1}], dtype=object)),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_unusable_files_raise_one_clear_error(tmp_path: Path, name: str) -> None:
+    good = _valid(tmp_path).read_bytes()
+    path = tmp_path / "c.npz"
+    path.write_bytes(BAD_FILES[name](good))
+    with pytest.raises(CheckpointError) as caught:
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+    message = str(caught.value)
+    assert str(path) in message and "--force" in message and "delete it" in message
+    assert "\n" not in message and "allow_pickle" not in message
+    assert "weights_only" not in message
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "c.npz").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder"):
+        ckpt.load_checkpoint(tmp_path / "c.npz", kind="k", identity="run")
+
+
+def test_a_flipped_bit_is_caught(tmp_path: Path) -> None:
+    path = _valid(tmp_path)
+    data = bytearray(path.read_bytes())
+    offset = data.index(np.linspace(0, 1, 200)[57].tobytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"cannot be read|inconsistent"):
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+
+
+def test_arrays_swapped_under_the_metadata_are_caught(tmp_path: Path) -> None:
+    """An archive whose array was replaced (valid zip, valid CRC) no longer matches its digest."""
+    path = _valid(tmp_path)
+    with np.load(path) as archive:
+        members = {key: archive[key] for key in archive.files}
+    members["a0"] = members["a0"] * 2.0
+    path.write_bytes(_npz_bytes(**members))
+    with pytest.raises(CheckpointError, match="its arrays do not match its metadata"):
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+
+
+def test_kind_identity_format_and_finiteness_are_checked(tmp_path: Path) -> None:
+    path = _valid(tmp_path)
+    with pytest.raises(CheckpointError, match="is a checkpoint of 'k', not of 'other'"):
+        ckpt.load_checkpoint(path, kind="other", identity="run")
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        ckpt.load_checkpoint(path, kind="k", identity="another run")
+    nan = {"U": np.array([1.0, np.nan])}
+    ckpt.save_checkpoint(path, kind="k", identity="run", state=nan)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+    meta = json.dumps({"format": 99, "kind": "k"}).encode()
+    path.write_bytes(_npz_bytes(**{ckpt.META: np.frombuffer(meta, dtype=np.uint8)}))
+    with pytest.raises(CheckpointError, match="format 99"):
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+
+
+def test_the_callers_check_is_reported_as_inconsistent(tmp_path: Path) -> None:
+    path = _valid(tmp_path)
+
+    def check(state: dict) -> None:
+        ckpt.check_array(state["U"], "U", (20, 11), np.float64)
+
+    with pytest.raises(CheckpointError, match=r"inconsistent: U has shape \(20, 10\)"):
+        ckpt.load_checkpoint(path, kind="k", identity="run", check=check)
+
+
+# ------------------------------------------------------------------------------------------------
+# Atomic writes leave nothing behind
+# ------------------------------------------------------------------------------------------------
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    write_atomically(path, lambda stream: stream.write(b"old"))
+
+    def broken(stream: io.BufferedWriter) -> None:
+        stream.write(b"half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, broken)
+    assert path.read_bytes() == b"old"
+    assert temporaries(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    path = tmp_path / "fig2.pt"
+    dead = tmp_path / f".fig2.pt.{_dead_pid()}.abcd1234.tmp"
+    legacy = tmp_path / ".fig2.pt.k3j_x9q1.tmp"  # named without a process id
+    alive = tmp_path / f".fig2.pt.{os.getppid()}.zz99.tmp"  # a writer that still runs
+    other = tmp_path / ".other.json.123.ab.tmp"
+    for stale in (dead, legacy, alive, other):
+        stale.write_bytes(b"x" * 100)
+    write_atomically(path, lambda stream: stream.write(b"new"))
+    assert path.read_bytes() == b"new"
+    assert not dead.exists() and not legacy.exists()
+    assert alive.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "other.json") == [other]
+
+
+# ------------------------------------------------------------------------------------------------
+# Algorithm 1: a kill between any two writes, or inside one, resumes to the same run
+# ------------------------------------------------------------------------------------------------
+class Killed(BaseException):
+    """Stands for the process dying at a chosen point of a checkpoint write."""
+
+
+def _writes_of_a_run(tmp_path: Path) -> int:
+    calls = {"n": 0}
+    original = ckpt.write_atomically
+
+    def counting(path, write):
+        calls["n"] += 1
+        return original(path, write)
+
+    X, Y, U0, V0 = problem()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt, "write_atomically", counting)
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path / "count.npz", **SETTINGS)
+    return calls["n"]
+
+
+@pytest.mark.parametrize("moment", ["before", "during", "after"])
+def test_a_kill_at_every_write_resumes_to_the_uninterrupted_run(
+    tmp_path: Path, moment: str
+) -> None:
+    """For each checkpoint write k of a run, kill the run just before it, in the middle of
+    writing it, or just after it; the rerun must equal the run that was never interrupted."""
+    reference = reference_run()
+    writes = _writes_of_a_run(tmp_path)
+    assert writes == reference.iterations.size - 1  # one file per record point, no pairs
+    X, Y, U0, V0 = problem()
+    original = ckpt.write_atomically
+    for k in range(1, writes + 1):
+        folder = tmp_path / f"{moment}-{k}"
+        calls = {"n": 0}
+
+        def dying(path, write, k=k, calls=calls):
+            calls["n"] += 1
+            if calls["n"] < k:
+                return original(path, write)
+            if moment == "before":
+                raise Killed
+            if moment == "during":
+
+                def half(stream):
+                    write(stream)
+                    stream.truncate(stream.tell() // 2)
+                    raise Killed
+
+                return original(path, half)
+            original(path, write)
+            raise Killed
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ckpt, "write_atomically", dying)
+            with pytest.raises(Killed):
+                fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=folder / "run.npz", **SETTINGS)
+        resumed = fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=folder / "run.npz", **SETTINGS)
+        assert_same_run(resumed, reference)
+        assert temporaries(folder) == []
+
+
+KILLER = """
+import os, signal, sys
+import numpy as np
+import structdrop as sd
+from structdrop import _files
+from structdrop.linear import fit_sgd
+sys.path.insert(0, {tests!r})
+from test_checkpoint import SCHEME, SETTINGS, problem
+k, moment, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+calls = [0]
+replace = os.replace
+def dying(source, target):
+    calls[0] += 1
+    if calls[0] == k and moment == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(source, target)
+    if calls[0] == k:
+        os.kill(os.getpid(), signal.SIGKILL)
+_files.os.replace = dying
+X, Y, U0, V0 = problem()
+fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+"""
+
+
+@pytest.mark.parametrize(("k", "moment"), [(2, "before"), (5, "after")])
+def test_sigkill_during_a_run_resumes_identically_and_leaves_no_litter(
+    tmp_path: Path, k: int, moment: str
+) -> None:
+    """A real ``kill -9`` of the training process just before or just after it renames a
+    checkpoint into place; the rerun equals the uninterrupted run and removes the orphaned
+    temporary file."""
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(tests=str(Path(__file__).parent)))
+    path = tmp_path / "run.npz"
+    environment = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(k), moment, str(path)], env=environment, timeout=300
+    )
+    assert done.returncode == -signal.SIGKILL
+    assert path.exists()
+    if moment == "before":
+        assert len(temporaries(tmp_path)) == 1  # what the killed writer could not remove
+    X, Y, U0, V0 = problem()
+    resumed = fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    assert_same_run(resumed, reference_run())
+    assert temporaries(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Algorithm 1: files that are not this run's checkpoint
+# ------------------------------------------------------------------------------------------------
+def _finished_checkpoint(tmp_path: Path) -> Path:
+    X, Y, U0, V0 = problem()
+    path = tmp_path / "run.npz"
+    fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    return path
+
+
+def test_a_foreign_npz_in_place_of_the_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = _finished_checkpoint(tmp_path)
+    path.write_bytes(_npz_bytes(U=np.ones((3, 3)), V=np.ones((3, 3))))
+    X, Y, U0, V0 = problem()
+    with pytest.raises(CheckpointError, match="not a structdrop checkpoint"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+
+
+def test_a_checkpoint_of_a_wider_network_is_refused(tmp_path: Path) -> None:
+    X, Y, U0, V0 = problem()
+    wide = problem(d=21)
+    path = tmp_path / "run.npz"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sgd_module._State, "save", _stop_after_first_save())
+        with pytest.raises(Killed):
+            fit_sgd(wide[0], wide[1], wide[2], wide[3], SCHEME, checkpoint=path, **SETTINGS)
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+
+
+def _stop_after_first_save():
+    original = sgd_module._State.save
+
+    def save(self, path, fingerprint):
+        original(self, path, fingerprint)
+        raise Killed
+
+    return save
+
+
+def _rewrite_state(path: Path, **changes) -> None:
+    """Rewrite a fit_sgd checkpoint with its identity intact and some entries changed, as a
+    damaged-but-consistent file would be."""
+    meta, arrays = ckpt._read(path)
+    state = ckpt._decode(meta["state"], arrays)
+    state.update(changes)
+    ckpt.save_checkpoint(
+        path, kind=sgd_module.CHECKPOINT_KIND, identity=meta["identity"], state=state
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"U": np.full((5, 6), np.nan)}, "non-finite"),
+        ({"U": np.ones((3, 3))}, r"U has shape \(3, 3\), expected \(5, 6\)"),
+        ({"V": np.ones((7, 6), dtype=np.float32)}, "V has dtype float32"),
+        ({"position": 99}, "outside the"),
+        ({"expected": [1.0]}, "expected does not hold"),
+    ],
+    ids=["nan-weights", "shape", "dtype", "position", "history"],
+)
+def test_a_consistent_but_wrong_state_is_refused(tmp_path: Path, changes: dict, match: str) -> None:
+    """NaN weights are a damaged checkpoint (not a DivergenceError blaming the learning rate);
+    weights of another shape never train silently."""
+    X, Y, U0, V0 = problem()
+    path = tmp_path / "run.npz"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sgd_module._State, "save", _stop_after_first_save())
+        with pytest.raises(Killed):
+            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    _rewrite_state(path, **changes)
+    with pytest.raises(CheckpointError, match=match) as caught:
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    assert not isinstance(caught.value, DivergenceError)
+
+
+def test_discrete_laws_of_one_shape_do_not_share_checkpoints(tmp_path: Path) -> None:
+    X, Y, U0, V0 = problem()
+    masks = np.array([[1.0, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]])
+    first, second = sd.Discrete(masks, [0.5, 0.5]), sd.Discrete(masks, [0.6, 0.4])
+    assert repr(first) != repr(second)
+    path = tmp_path / "run.npz"
+    fit_sgd(X, Y, U0, V0, first, checkpoint=path, **SETTINGS)
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, Y, U0, V0, second, checkpoint=path, **SETTINGS)
+
+
+@pytest.mark.parametrize("checkpoint", ["", "   "])
+def test_an_empty_checkpoint_path_says_what_is_wrong(checkpoint: str) -> None:
+    X, Y, U0, V0 = problem()
+    with pytest.raises(ValueError, match="checkpoint must be a file path or None, got"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=checkpoint, **SETTINGS)
+
+
+def test_a_folder_as_checkpoint_says_what_is_wrong(tmp_path: Path) -> None:
+    X, Y, U0, V0 = problem()
+    with pytest.raises(ValueError, match="checkpoint must be a file path, got the folder"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path, **SETTINGS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps: no orphan workers
+# ------------------------------------------------------------------------------------------------
+WORKER = """
+import os, time
+def sleepy(folder, index):
+    with open(os.path.join(folder, f"worker{index}.pid"), "w") as stream:
+        stream.write(str(os.getpid()))
+    time.sleep(120)
+"""
+
+PARENT = """
+import sys
+from structdrop.linear import run_sweep
+from sleepy import sleepy
+folder = sys.argv[1]
+run_sweep(sleepy, [{"folder": folder, "index": i} for i in range(2)], n_jobs=2)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "sleepy.py").write_text(textwrap.dedent(WORKER))
+    (tmp_path / "parent.py").write_text(textwrap.dedent(PARENT))
+    environment = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}"}
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "parent.py"), str(tmp_path)], env=environment
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker*.pid"))) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            assert parent.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.3)
+        workers = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
+        assert all(_running(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10  # "within seconds"
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)]
+    finally:
+        parent.kill()
+        for pid_file in tmp_path.glob("worker*.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def _job(folder: str, index: int) -> int:
+    if index == 1:
+        while not (Path(folder) / "started").exists():
+            time.sleep(0.05)
+        raise RuntimeError("job 1 failed")
+    (Path(folder) / "started").touch()
+    time.sleep(60)
+    (Path(folder) / "finished").touch()
+    return index
+
+
+def test_a_failed_job_stops_the_other_workers_at_once(tmp_path: Path) -> None:
+    """The sweep does not wait for the other jobs of a failed (or interrupted) sweep."""
+    jobs = [{"folder": str(tmp_path), "index": i} for i in (1, 2)]
+    with pytest.raises(RuntimeError, match="job 1 failed"):
+        run_sweep(_job, jobs, n_jobs=2)
+    assert (tmp_path / "started").exists() and not (tmp_path / "finished").exists()
+
+
+def test_zip_archive_checks_are_what_catches_a_torn_file(tmp_path: Path) -> None:
+    """The archive's own CRC catches a torn write; the error still names the file."""
+    path = _valid(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=str(path)):
+        ckpt.load_checkpoint(path, kind="k", identity="run")

@@ -1,0 +1,301 @@
+"""The command line and the experiments under faults of the user's environment: output folders
+that cannot be written, damaged or foreign checkpoints and result files, files that are not
+what their name says, a missing device. Each is one line on stderr and exit status 2; errors of
+the program itself keep their traceback. Same seed, same bytes in every result file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import structdrop as sd
+from structdrop import CheckpointError
+from structdrop import _checkpoint as ckpt
+from structdrop.cli import app
+from structdrop.experiments import _io, deep, report, synthetic
+from test_deep import tiny
+
+runner = CliRunner()
+QUICK_FIG1 = ["reproduce", "synthetic", "--quick", "--figure", "fig1"]
+
+
+def one_line_error(result, *phrases: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Same seed, same bytes
+# ------------------------------------------------------------------------------------------------
+def test_two_quick_runs_write_the_same_bytes(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        result = runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    for name in ("fig1.json", "fig1.png", "REPORT.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    timings = json.loads((tmp_path / "a" / "timings.json").read_text())
+    assert timings["fig1"]["elapsed_s"] > 0
+    data = json.loads((tmp_path / "a" / "fig1.json").read_text())
+    assert "elapsed_s" not in json.dumps(data)
+    assert sd.Scheme.from_dict(data["run"]["scheme"]) == sd.GridBlock(0.5, 5)
+
+
+def test_a_figure_of_another_configuration_is_recomputed(tmp_path: Path) -> None:
+    """The figure cache compares every setting, not only the mode and the seed."""
+    base = dataclasses.replace(synthetic.Config(), n_jobs=1)
+    assert synthetic.run(["fig1"], tmp_path, quick=True, config=base) == {"fig1": "done"}
+    again = synthetic.run(
+        ["fig1"], tmp_path, quick=True, config=dataclasses.replace(base, n_jobs=2)
+    )
+    assert again == {"fig1": "skipped"}  # processes do not change the numbers
+    other = dataclasses.replace(base, lr_factor=2.0)
+    assert synthetic.run(["fig1"], tmp_path, quick=True, config=other) == {"fig1": "done"}
+    assert json.loads((tmp_path / "fig1.json").read_text())["config"]["lr_factor"] == 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Output folders
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [QUICK_FIG1, ["reproduce", "deep", "--quick"]])
+def test_out_that_is_a_file_exits_2(tmp_path: Path, command: list[str]) -> None:
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    one_line_error(runner.invoke(app, [*command, "--out", str(target)]), "is a file")
+    one_line_error(
+        runner.invoke(app, [*command, "--out", str(target / "sub")]), "cannot be created"
+    )
+    assert target.read_text() == "not a folder"
+
+
+def test_out_that_is_not_writable_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_io.tempfile, "TemporaryFile", refuse)
+    result = runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path)])
+    one_line_error(result, "is not writable", "Permission denied")
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and result files in the way
+# ------------------------------------------------------------------------------------------------
+def test_a_damaged_synthetic_checkpoint_exits_2_and_force_starts_afresh(tmp_path: Path) -> None:
+    damaged = tmp_path / "checkpoints" / "fig1" / "gridblock-p0.5.npz"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(np.random.default_rng(0).bytes(3000))
+    one_line_error(
+        runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path)]), str(damaged), "--force"
+    )
+    assert not (tmp_path / "fig1.json").exists()
+    result = runner.invoke(app, [*QUICK_FIG1, "--force", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig1.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_another_kind_exits_2(tmp_path: Path) -> None:
+    foreign = tmp_path / "checkpoints" / "fig1" / "gridblock-p0.5.npz"
+    ckpt.save_checkpoint(foreign, kind="something else", identity=0, state={"U": np.ones(2)})
+    one_line_error(
+        runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path)]), "something else", "--force"
+    )
+
+
+def test_a_foreign_figure_json_exits_2_unless_forced(tmp_path: Path) -> None:
+    (tmp_path / "fig1.json").write_text('{"mine": true}\n')
+    (tmp_path / "fig4.json").write_text("not json at all")
+    one_line_error(
+        runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path)]),
+        "fig1.json is not a structdrop figure",
+        "--force",
+    )
+    assert (tmp_path / "fig1.json").read_text() == '{"mine": true}\n'
+    result = runner.invoke(app, [*QUICK_FIG1, "--force", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "fig1.json").read_text())["figure"] == "fig1"
+    # A foreign file of a figure that was not asked for is left alone and reported as not run.
+    assert (tmp_path / "fig4.json").read_text() == "not json at all"
+    assert "Not run yet: `structdrop reproduce synthetic --figure fig4`" in report.build_report(
+        tmp_path
+    )
+
+
+def test_a_damaged_deep_checkpoint_exits_2_without_unpickling(tmp_path: Path) -> None:
+    damaged = tmp_path / "checkpoints" / "fig2.pt"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(pickle.dumps({"epoch": 1}) + np.random.default_rng(1).bytes(500))
+    result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
+    one_line_error(result, str(damaged), "--force")
+    assert "weights_only" not in result.output and "Unpickling" not in result.output
+
+
+def test_a_foreign_fig2_json_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "fig2.json").write_text("[1, 2, 3]")
+    result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
+    one_line_error(result, "is not Fig. 2 data", "--force")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without CUDA")
+def test_device_cuda_without_cuda_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["reproduce", "deep", "--quick", "--device", "cuda", "--out", str(tmp_path)]
+    )
+    one_line_error(result, "--device cuda", "no CUDA device")
+
+
+def test_internal_errors_are_not_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(deep, "run_deep", broken)
+    result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code != 2
+    assert isinstance(result.exception, ValueError)
+
+
+def test_deep_resume_refuses_damaged_and_wrong_shaped_state(tmp_path: Path) -> None:
+    config = tiny()
+    path = tmp_path / "fig2.pt"
+    with pytest.raises(deep._Interrupted):
+        deep.train(config, checkpoint=path, interrupt_after=1)
+    meta, arrays = ckpt._read(path)
+    state = ckpt._decode(meta["state"], arrays)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(3, 3)
+    ckpt.save_checkpoint(path, kind=deep.CHECKPOINT_KIND, identity=meta["identity"], state=state)
+    with pytest.raises(CheckpointError, match=f"inconsistent: weight {name} has shape"):
+        deep.train(config, checkpoint=path)
+    path.write_bytes(np.random.default_rng(2).bytes(1000))
+    with pytest.raises(CheckpointError, match="not a structdrop checkpoint"):
+        deep.train(config, checkpoint=path)
+
+
+def test_a_finished_deep_run_leaves_no_litter(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = folder / f".fig2.pt.{dead.pid}.q1w2e3r4.tmp"
+    stale.write_bytes(b"\0" * 4096)  # what a kill during a checkpoint write leaves
+    deep.run_deep(tiny(), tmp_path, progress=False)
+    assert not folder.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fig2.json",
+        "fig2.png",
+        "timings.json",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Input files that are not what their name says; numbers that do not fit
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "phrases"),
+    [
+        (b"1,2,3\n4,5,6\n", ("is not a NumPy .npy file", "name it .csv")),
+        (pickle.dumps([[1.0, 2.0]]), ("pickled data", "never loaded")),
+        (b"", ("is empty",)),
+    ],
+    ids=["text", "pickle", "empty"],
+)
+def test_a_file_that_is_not_npy_says_what_it_is(
+    tmp_path: Path, content: bytes, phrases: tuple[str, ...]
+) -> None:
+    (tmp_path / "X.npy").write_bytes(content)
+    np.save(tmp_path / "Y.npy", np.ones((2, 3)))
+    arguments = ["optimum", "--x", str(tmp_path / "X.npy"), "--y", str(tmp_path / "Y.npy")]
+    result = runner.invoke(app, [*arguments, "--p", "0.5", "--width", "2"])
+    one_line_error(result, *phrases)
+    if b"," in content:
+        assert "pickled" not in result.output
+
+
+def test_optimum_never_prints_null_for_a_number(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = 1e200 * rng.standard_normal((6, 20))
+    Y = 1e200 * rng.standard_normal((3, 20))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "Y.npy", Y)
+    arguments = ["optimum", "--x", str(tmp_path / "X.npy"), "--y", str(tmp_path / "Y.npy")]
+    result = runner.invoke(app, [*arguments, "--p", "0.5", "--width", "2"])
+    one_line_error(result, "overflow")
+    assert "null" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------
+# Killing the command
+# ------------------------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) of ``structdrop reproduce synthetic`` during a sweep: exit 130, the
+    pool's workers gone, no temporary file, and the rerun finishes from the checkpoints."""
+    src = Path(sd.__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "structdrop.cli", "reproduce", "synthetic", "--quick"]
+    command += ["--figure", "fig5", "--out", str(tmp_path)]
+    environment = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        folder = tmp_path / "checkpoints" / "fig5"
+        workers: list[int] = []
+        for _ in range(1200):
+            workers = [pid for pid in _children(process.pid) if _running(pid)]
+            if len(workers) >= 2 and folder.is_dir() and list(folder.glob("*.npz")):
+                break
+            assert process.poll() is None, process.stderr.read().decode()
+            subprocess.run(["sleep", "0.1"], check=True)
+        else:
+            pytest.fail("the sweep did not start its workers")
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr.decode()
+        assert "rerun the same command to resume" in stderr.decode()
+        assert "Traceback" not in stderr.decode()
+        for _ in range(100):
+            if not any(_running(pid) for pid in workers):
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert not [pid for pid in workers if _running(pid)]
+        assert not list(tmp_path.rglob("*.tmp"))
+        assert list(folder.glob("*.npz"))  # what the rerun resumes from
+    finally:
+        process.kill()
+    result = runner.invoke(
+        app, ["reproduce", "synthetic", "--quick", "--figure", "fig5", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "checkpoints").exists()
