@@ -23,7 +23,11 @@ import torch
 import structdrop as sd
 from structdrop import CheckpointError
 from structdrop import _checkpoint as ckpt
-from structdrop._files import remove_stale_temporaries, write_atomically
+from structdrop._files import (
+    remove_stale_temporaries,
+    remove_stale_temporaries_under,
+    write_atomically,
+)
 from structdrop.linear import DivergenceError, fit_sgd, run_sweep
 from structdrop.linear import sgd as sgd_module
 
@@ -528,3 +532,17 @@ def test_zip_archive_checks_are_what_catches_a_torn_file(tmp_path: Path) -> None
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError, match=str(path)):
         ckpt.load_checkpoint(path, kind="k", identity="run")
+
+
+def test_stale_temporaries_under_a_folder_are_found_recursively(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    deep_folder = tmp_path / "checkpoints" / "fig5"
+    deep_folder.mkdir(parents=True)
+    stale = deep_folder / f".gridblock-p0.1.npz.{dead}.o5mr3ydx.tmp"
+    live = deep_folder / f".gridblock-p0.3.npz.{os.getppid()}.abcdefgh.tmp"
+    mine = tmp_path / f".fig1.json.{dead}.x1.tmp"
+    for path in (stale, live, mine):
+        path.write_bytes(b"half")
+    removed = remove_stale_temporaries_under(tmp_path)
+    assert sorted(removed) == sorted([stale, mine])
+    assert live.exists() and not stale.exists() and not mine.exists()

@@ -8,10 +8,13 @@ narrower float, which is promoted to float32).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._validation import check_not_meta, check_representable
 
 Array = np.ndarray | torch.Tensor
 
@@ -59,23 +62,39 @@ def common_kind(*arrays: Array) -> Kind:
     return Kind(is_torch=False, double=double)
 
 
-def convert(array: Array, kind: Kind) -> Array:
-    """``array`` in the library, precision and device of ``kind`` (no copy when already there)."""
+def convert(array: Array | np.generic | float, kind: Kind) -> Array:
+    """``array`` in the library, precision and device of ``kind`` (no copy when already there).
+
+    Anything NumPy holds converts: arrays, 0-d arrays and NumPy scalars (such as the cached
+    ``||Y||^2`` of a :class:`structdrop.Gram` built from NumPy data, evaluated at torch factors).
+    A 0-d input gives a 0-d result.
+    """
     if kind.is_torch:
-        if isinstance(array, np.ndarray):
-            if not array.flags.writeable:  # torch may not share read-only memory
-                array = array.copy()
-            array = torch.from_numpy(np.ascontiguousarray(array))
+        if not isinstance(array, torch.Tensor):
+            array = np.asarray(array)
+            # torch shares neither read-only nor non-contiguous memory; 0-d stays 0-d (unlike
+            # np.ascontiguousarray, which makes it 1-d)
+            if not (array.flags.writeable and array.flags.c_contiguous):
+                array = np.array(array, order="C")
+            array = torch.from_numpy(array)
         return array.to(device=kind.device, dtype=kind.torch_dtype)
+    if isinstance(array, torch.Tensor):
+        array = to_numpy(array)
     dtype = np.float64 if kind.double else np.float32
     if isinstance(array, np.ndarray) and array.dtype == dtype:
         return array
     return np.asarray(array, dtype=dtype)
 
 
-def to_numpy(array: Array) -> np.ndarray:
-    """A float64 NumPy copy of ``array`` (detached from autograd, on the CPU)."""
+def to_numpy(array: Array, name: str = "array") -> np.ndarray:
+    """A float64 NumPy copy of ``array`` (detached from autograd, on the CPU).
+
+    Raises:
+        ValueError: ``array`` is a meta tensor (it has no values to copy); the message names it
+            as ``name``.
+    """
     if isinstance(array, torch.Tensor):
+        check_not_meta(array, name)
         return array.detach().to(device="cpu", dtype=torch.float64).numpy()
     return np.asarray(array, dtype=np.float64)
 
@@ -85,3 +104,38 @@ def scalar(value: Array, kind: Kind) -> Array:
     if kind.is_torch:
         return value
     return kind.numpy_dtype(value)
+
+
+def binary_exponent(array: np.ndarray | float) -> int:
+    """The ``e`` with ``max |array|`` in ``[2**(e-1), 2**e)`` (0 when every entry is 0).
+
+    ``np.ldexp(array, -e)`` brings the largest entry into ``[0.5, 1)`` exactly (a power of two
+    changes no digit), which is how the spectral routines stay exact at any scale: they work on
+    normalized values and scale their results back with :func:`scale_back`.
+    """
+    largest = float(np.max(np.abs(array), initial=0.0))
+    if largest == 0.0 or not math.isfinite(largest):
+        return 0
+    return int(np.frexp(largest)[1])
+
+
+def log10_magnitude(array: np.ndarray | float, exponent: int = 0) -> float:
+    """``log10(max |array| * 2**exponent)``, computed without forming the product."""
+    largest = float(np.max(np.abs(array), initial=0.0))
+    if largest == 0.0:
+        return -math.inf
+    return math.log10(largest) + exponent * math.log10(2.0)
+
+
+def scale_back(
+    array: np.ndarray | float, exponent: int, kind: Kind, what: str, rescale: str
+) -> Array:
+    """``array * 2**exponent`` in ``kind``: exact (up to gradual underflow below the smallest
+    normal number); a ValueError naming ``what`` when it overflows the kind's dtype."""
+    with np.errstate(over="ignore", under="ignore"):  # an overflow is reported below
+        value = np.ldexp(np.asarray(array, dtype=np.float64), exponent)
+        result = convert(value, kind)
+    check_representable(
+        result, what, log10_magnitude=log10_magnitude(array, exponent), rescale=rescale
+    )
+    return result

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["remove_stale_temporaries", "write_atomically"]
+__all__ = [
+    "remove_stale_temporaries",
+    "remove_stale_temporaries_under",
+    "remove_temporaries_in_flight",
+    "write_atomically",
+]
+
+#: Temporary files being written by this process (see :func:`remove_temporaries_in_flight`).
+_IN_FLIGHT: set[str] = set()
 
 
 def _umask() -> int:
@@ -35,6 +43,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
     handle, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
     )
+    _IN_FLIGHT.add(temporary)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(handle, "wb") as stream:
@@ -45,7 +54,17 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(temporary)
     return path
+
+
+def remove_temporaries_in_flight() -> None:
+    """Remove the temporary files this process is writing right now: for a process that is
+    about to end at once (``os._exit``) and so cannot unwind through :func:`write_atomically`."""
+    for temporary in list(_IN_FLIGHT):
+        Path(temporary).unlink(missing_ok=True)
+        _IN_FLIGHT.discard(temporary)
 
 
 def _alive(pid: int) -> bool:
@@ -56,6 +75,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def remove_stale_temporaries_under(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove every temporary file under ``folder`` (recursively) whose writer is gone: after an
+    interrupted run has stopped its workers, nothing half-written is left behind."""
+    removed = []
+    for candidate in Path(folder).rglob(".*.tmp"):
+        name = candidate.name[1:].removesuffix(".tmp")
+        destination, _, _ = name.rpartition(".")  # drop the random part
+        destination, _, pid = destination.rpartition(".")
+        if destination and pid.isdigit():
+            removed += remove_stale_temporaries(candidate.parent / destination)
+    return removed
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:

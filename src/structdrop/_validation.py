@@ -27,8 +27,10 @@ __all__ = [
     "check_generator",
     "check_matrix",
     "check_nonnegative",
+    "check_not_meta",
     "check_positive_int",
     "check_probability",
+    "check_representable",
     "check_result",
     "check_same",
     "check_scheme",
@@ -80,9 +82,22 @@ def check_block_divides(block_size: int, d: int, name: str = "d") -> None:
         )
 
 
+def check_not_meta(array: Any, name: str) -> None:
+    """Refuse a meta tensor (``device="meta"``): it has a shape and a dtype but no values, so
+    nothing numerical can be computed from it (the layers of :mod:`structdrop.nn` do accept
+    meta inputs, for shape propagation; the maths functions cannot)."""
+    if isinstance(array, torch.Tensor) and array.is_meta:
+        raise ValueError(
+            f"{name} is a meta tensor (it has a shape but no values); pass a tensor on a real "
+            f"device, got shape {tuple(array.shape)} on device 'meta'"
+        )
+
+
 def check_finite(array: np.ndarray | torch.Tensor, name: str) -> None:
-    """Refuse NaN and infinities, saying where the first one is."""
+    """Refuse NaN and infinities, saying where the first one is (and meta tensors, which have
+    no values to check)."""
     if isinstance(array, torch.Tensor):
+        check_not_meta(array, name)
         bad = ~torch.isfinite(array.detach())
         if bool(bad.any()):
             index = tuple(int(i) for i in torch.nonzero(bad)[0])
@@ -101,12 +116,14 @@ def _is_real(array: np.ndarray | torch.Tensor) -> bool:
 
 
 def check_array(
-    array: Any, name: str, ndim: int = 2, *, finite: bool = True
+    array: Any, name: str, ndim: int = 2, *, finite: bool = True, meta: bool = False
 ) -> np.ndarray | torch.Tensor:
     """A non-empty, finite, real NumPy array or torch tensor with ``ndim`` axes.
 
     Array-likes (lists, tuples) become float64 NumPy arrays. ``finite=False`` defers the scan for
     NaN and infinities to :func:`check_result`, for hot paths that check their output instead.
+    Meta tensors are refused (see :func:`check_not_meta`) unless ``meta=True``, which the layers
+    use for shape propagation: a meta tensor then gets the shape and dtype checks only.
     """
     if not isinstance(array, torch.Tensor | np.ndarray):
         try:
@@ -115,6 +132,9 @@ def check_array(
             raise TypeError(
                 f"{name} must be a NumPy array or torch tensor, got {type(array).__name__}"
             ) from error
+    is_meta = isinstance(array, torch.Tensor) and array.is_meta
+    if not (meta and is_meta):
+        check_not_meta(array, name)
     if not _is_real(array):
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if array.ndim != ndim:
@@ -122,14 +142,16 @@ def check_array(
         raise ValueError(f"{name} must be a {what}, got shape {tuple(array.shape)}")
     if 0 in tuple(array.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(array.shape)}")
-    if finite:
+    if finite and not is_meta:
         check_finite(array, name)
     return array
 
 
-def check_matrix(array: Any, name: str, *, finite: bool = True) -> np.ndarray | torch.Tensor:
-    """A non-empty, finite, real 2-D NumPy array or torch tensor."""
-    return check_array(array, name, ndim=2, finite=finite)
+def check_matrix(
+    array: Any, name: str, *, finite: bool = True, meta: bool = False
+) -> np.ndarray | torch.Tensor:
+    """A non-empty, finite, real 2-D NumPy array or torch tensor (see :func:`check_array`)."""
+    return check_array(array, name, ndim=2, finite=finite, meta=meta)
 
 
 def check_result(value: Any, **inputs: np.ndarray | torch.Tensor) -> None:
@@ -144,6 +166,27 @@ def check_result(value: Any, **inputs: np.ndarray | torch.Tensor) -> None:
     for name, array in inputs.items():
         check_finite(array, name)
     raise ValueError(f"the result overflowed to {value} although every input is finite")
+
+
+def check_representable(
+    value: np.ndarray | torch.Tensor, what: str, *, log10_magnitude: float, rescale: str
+) -> None:
+    """Raise if a result that exists mathematically does not fit its floating type.
+
+    The computations behind the public functions are scale-safe (they normalize by the largest
+    entry and scale back exactly), so a non-finite result here means that the true value itself
+    is out of range, e.g. the squared norm of entries of size 1e200. The message names the
+    quantity, the type, the order of magnitude and which input to rescale.
+    """
+    if isinstance(value, torch.Tensor):
+        finite, dtype = bool(torch.isfinite(value.detach()).all()), str(value.dtype)
+    else:
+        finite, dtype = bool(np.isfinite(value).all()), str(np.asarray(value).dtype)
+    if not finite:
+        dtype = dtype.removeprefix("torch.")
+        raise ValueError(
+            f"{what} overflows {dtype} (about 1e{math.floor(log10_magnitude)}): rescale {rescale}"
+        )
 
 
 def check_same(actual: int, expected: int, what: str) -> None:

@@ -22,6 +22,8 @@ from typing import Annotated, Any, NoReturn
 import numpy as np
 import typer
 
+from ._files import remove_stale_temporaries_under
+
 app = typer.Typer(
     help="Structured dropout: exact regularizers, global optima, and the paper's experiments.",
     no_args_is_help=True,
@@ -115,6 +117,7 @@ def synthetic_command(
     except (DivergenceError, *_user_errors()) as error:
         fail(str(error))
     except KeyboardInterrupt:
+        remove_stale_temporaries_under(out)  # what stopped workers were writing
         typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
         raise typer.Exit(code=130) from None
     path = report.write_report(out)
@@ -180,6 +183,7 @@ def deep_command(
     except (deep.MissingDataError, *_user_errors()) as error:
         fail(str(error))
     except KeyboardInterrupt:
+        remove_stale_temporaries_under(out)
         typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
         raise typer.Exit(code=130) from None
     gap = data.get("gap")

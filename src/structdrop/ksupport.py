@@ -12,6 +12,12 @@ where ``rho`` is the unique index in ``{1..k}`` with ``a_{rho-1} > S_rho/(k-rho+
 ``S_rho/(k-rho+1) >= a_rho``, which is how it is found here: the rule degrades gracefully under
 rounding.
 
+Every routine is scale-safe: the norm is absolutely homogeneous and the prox positively
+homogeneous (``prox(c w) = c prox(w)`` for ``c > 0``), so they work on the input divided by a
+power of two near its largest entry (exact) and scale the result back. A result is therefore
+right whenever it is representable (``ksupport_norm([1e300, 1e300], 2)`` is ``sqrt(2) 1e300``,
+not inf), and a ValueError names the overflow when it is not.
+
 References:
     A. Argyriou, R. Foygel, N. Srebro. Sparse prediction with the k-support norm. NIPS 2012.
     A. M. McDonald, M. Pontil, D. Stamos. Spectral k-support norm regularization. NIPS 2014.
@@ -19,10 +25,12 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _validation as check
-from ._arrays import Array, common_kind, convert, scalar, to_numpy
+from ._arrays import Array, binary_exponent, common_kind, scalar, scale_back, to_numpy
 
 __all__ = [
     "ksupport_norm",
@@ -47,11 +55,23 @@ def ksupport_split(a: np.ndarray, k: int) -> int:
 
 
 def _ksupport_sq_sorted(a: np.ndarray, k: int) -> float:
+    """``||a||_(k)^2`` for sorted ``a >= 0`` of moderate scale (callers normalize: see
+    :func:`_ksupport_norm_sorted`)."""
     k = min(k, a.size)
     rho = ksupport_split(a, k)
     head = a[: rho - 1]
     tail = a[rho - 1 :].sum()
     return float(head @ head + tail * tail / (k - rho + 1))
+
+
+def _ksupport_norm_sorted(a: np.ndarray, k: int) -> tuple[float, int]:
+    """``||a||_(k) = value * 2**exponent`` for sorted ``a >= 0`` at any scale.
+
+    The norm of ``a / 2**e`` (largest entry in [0.5, 1), exact) is in [0.5, sqrt(n)); scaling it
+    back by ``2**e`` is left to the caller, which reports an overflow.
+    """
+    exponent = binary_exponent(a[:1])
+    return float(np.sqrt(_ksupport_sq_sorted(np.ldexp(a, -exponent), k))), exponent
 
 
 def _check_k(k: object) -> int:
@@ -74,8 +94,8 @@ def ksupport_norm(w: Array, k: int) -> Array:
     k = _check_k(k)
     kind = common_kind(w)
     a = np.sort(np.abs(to_numpy(w)))[::-1]
-    value = np.sqrt(_ksupport_sq_sorted(a, k))
-    return scalar(convert(np.asarray(value), kind), kind)
+    value, exponent = _ksupport_norm_sorted(a, k)
+    return scalar(scale_back(value, exponent, kind, "the k-support norm", "w"), kind)
 
 
 def spectral_ksupport_norm(A: Array, k: int) -> Array:
@@ -86,25 +106,63 @@ def spectral_ksupport_norm(A: Array, k: int) -> Array:
     A = check.check_matrix(A, "A")
     k = _check_k(k)
     kind = common_kind(A)
-    singular_values = np.linalg.svd(to_numpy(A), compute_uv=False)
-    value = np.sqrt(_ksupport_sq_sorted(singular_values, k))
-    return scalar(convert(np.asarray(value), kind), kind)
+    values = to_numpy(A)
+    exponent = binary_exponent(values)  # the SVD of A / 2**e: no overflow, no underflow
+    singular_values = np.linalg.svd(np.ldexp(values, -exponent), compute_uv=False)
+    value, more = _ksupport_norm_sorted(singular_values, k)
+    return scalar(
+        scale_back(value, exponent + more, kind, "the spectral k-support norm", "A"), kind
+    )
 
 
-def _prox_sorted(m: np.ndarray, beta: float, k: int) -> np.ndarray:
-    """``argmin_x ||m - x||^2 + beta ||x||_(k)^2`` for ``m`` sorted decreasing, ``m >= 0``.
+class ProxParts(NamedTuple):
+    """The prox ``x`` of sorted ``m`` and the piece of the prox map it lies on.
+
+    ``x_i = m_i / (1 + beta)`` on ``head``, ``x_i = m_i - tau`` on ``middle`` (where ``tau``
+    depends on ``m`` through ``tau = beta sum_middle m / (k - #head + beta #middle)``, so
+    ``dtau/dm_i = coupling`` there) and ``x_i = 0`` elsewhere. The masks are those of the piece
+    of the piecewise linear prox map that contains ``m``: its Jacobian is
+    ``diag(slope) - coupling 1_middle 1_middle^T`` (see :meth:`jacobian`).
+    """
+
+    x: np.ndarray
+    head: np.ndarray
+    middle: np.ndarray
+    tau: float
+    coupling: float
+    beta: float
+
+    @property
+    def slope(self) -> np.ndarray:
+        """``dx_i/dm_i`` without the coupling: 1/(1+beta) on head, 1 on middle, 0 elsewhere."""
+        return np.where(self.head, 1.0 / (1.0 + self.beta), np.where(self.middle, 1.0, 0.0))
+
+    def jacobian(self) -> np.ndarray:
+        """``dx/dm`` on this piece (symmetric)."""
+        middle = self.middle.astype(np.float64)
+        return np.diag(self.slope) - self.coupling * np.outer(middle, middle)
+
+
+def _prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
+    """``argmin_x ||m - x||^2 + beta ||x||_(k)^2`` for ``m`` sorted decreasing, ``m >= 0``,
+    and its piece (see :class:`ProxParts`).
 
     ``x_i = min(m_i / (1 + beta), (m_i - tau)_+)`` with ``tau > 0`` the root of the
     nonincreasing ``g(tau) = sum_i clip(beta (m_i - tau) / tau, 0, 1) = k`` (NOTES.md,
     Thm 2.7 corrected). g is piecewise of the form ``c0 + c1 / tau`` between the breakpoints
     ``{m_i, beta m_i / (1 + beta)}``: bisect over the sorted breakpoints (O(n log n)), then
-    solve on the bracketing piece in closed form.
+    solve on the bracketing piece in closed form. Works on ``m / 2**e`` (largest entry in
+    [0.5, 1), exact) and scales back, so any finite ``m`` is safe.
     """
+    none = np.zeros(m.shape, dtype=bool)
     if beta == 0.0:
-        return m.copy()
-    positive = m[m > 0]
-    if k >= positive.size:
-        return m / (1.0 + beta)
+        return ProxParts(m.copy(), ~none, none, 0.0, 0.0, beta)
+    positive_mask = m > 0
+    if k >= int(positive_mask.sum()):
+        return ProxParts(m / (1.0 + beta), ~none, none, 0.0, 0.0, beta)
+    exponent = binary_exponent(m[:1])
+    m_scaled = np.ldexp(m, -exponent)
+    positive = m_scaled[positive_mask]
 
     def g(tau: float) -> float:
         return float(np.clip(beta * (positive - tau) / tau, 0.0, 1.0).sum())
@@ -122,14 +180,23 @@ def _prox_sorted(m: np.ndarray, beta: float, k: int) -> np.ndarray:
     left, right = breakpoints[lo], breakpoints[hi]
     # On (left, right) every term is 1, 0 or beta (m_i - tau)/tau: classify at the midpoint.
     probe = left + (right - left) / 2
-    full = positive * beta / (1.0 + beta) >= probe
-    middle = ~full & (positive > probe)
-    denominator = k - full.sum() + beta * middle.sum()
+    head = positive_mask & (m_scaled * beta / (1.0 + beta) >= probe)
+    middle = positive_mask & ~head & (m_scaled > probe)
+    denominator = k - head.sum() + beta * middle.sum()
     if middle.any() and denominator > 0:
-        tau = beta * positive[middle].sum() / denominator
+        tau = beta * m_scaled[middle].sum() / denominator
+        coupling = beta / denominator
     else:  # g is flat at k on this piece: any tau in it gives the same x
-        tau = probe
-    return np.minimum(m / (1.0 + beta), np.maximum(m - tau, 0.0))
+        tau, coupling = probe, 0.0
+    x = np.minimum(m_scaled / (1.0 + beta), np.maximum(m_scaled - tau, 0.0))
+    return ProxParts(
+        np.ldexp(x, exponent), head, middle, float(np.ldexp(tau, exponent)), coupling, beta
+    )
+
+
+def _prox_sorted(m: np.ndarray, beta: float, k: int) -> np.ndarray:
+    """The prox ``x`` of :func:`_prox_parts`."""
+    return _prox_parts(m, beta, k).x
 
 
 def _check_beta(beta: object) -> float:
@@ -153,8 +220,8 @@ def prox_ksupport_sq(w: Array, beta: float, k: int) -> Array:
     values = to_numpy(w)
     order = np.argsort(-np.abs(values), kind="stable")
     shrunk = np.empty_like(values)
-    shrunk[order] = _prox_sorted(np.abs(values)[order], beta, k)
-    return convert(np.sign(values) * shrunk, kind)
+    shrunk[order] = _prox_sorted(np.abs(values)[order], beta, k)  # scale-safe
+    return scale_back(np.sign(values) * shrunk, 0, kind, "the prox", "w")
 
 
 def prox_spectral_ksupport_sq(A: Array, beta: float, k: int) -> Array:
@@ -166,6 +233,8 @@ def prox_spectral_ksupport_sq(A: Array, beta: float, k: int) -> Array:
     A = check.check_matrix(A, "A")
     beta, k = _check_beta(beta), _check_k(k)
     kind = common_kind(A)
-    left, singular_values, right_t = np.linalg.svd(to_numpy(A), full_matrices=False)
+    values = to_numpy(A)
+    exponent = binary_exponent(values)  # the SVD of A / 2**e, exact scaling
+    left, singular_values, right_t = np.linalg.svd(np.ldexp(values, -exponent), full_matrices=False)
     shrunk = _prox_sorted(singular_values, beta, k)
-    return convert((left * shrunk) @ right_t, kind)
+    return scale_back((left * shrunk) @ right_t, exponent, kind, "the spectral prox", "A")

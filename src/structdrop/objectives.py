@@ -84,6 +84,12 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
     U = check.check_matrix(U, "U")
     G = check.check_matrix(G, "G")
     check.check_same(U.shape[1], G.shape[0], "U's columns must match G's rows (d)")
+    return _penalty(U, G, scheme)
+
+
+def _penalty(U: Array, G: Array, scheme: Scheme) -> Array:
+    """:func:`penalty` on validated shapes, with no look at the values: the form that also runs
+    on meta tensors (shape propagation in :class:`structdrop.nn.DropoutPenalty`)."""
     kind = common_kind(U, G)
     U, G = convert(U, kind), convert(G, kind)
     cbar = _weights(scheme, U.shape[1], kind)
@@ -96,6 +102,10 @@ class Gram:
 
     ``xx = X X^T`` (b x b), ``yx = Y X^T`` (a x b) and ``yy = ||Y||_F^2``. Build once with
     :meth:`from_data`; every evaluation afterwards costs nothing in N.
+
+    The statistics keep the kind of the data; an evaluation runs in the common kind of the
+    statistics and the factors (NumPy data with torch ``U, V`` gives a torch result that keeps
+    autograd through ``U, V``, on their device).
     """
 
     xx: Array

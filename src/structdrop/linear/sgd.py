@@ -249,6 +249,8 @@ def fit_sgd(
     if lr_decay is not None and decay == 0.0:
         raise ValueError(f"lr_decay must be > 0 or None, got {lr_decay}")
     if optimum is not None:
+        if getattr(optimum, "ndim", None) == 0 and hasattr(optimum, "item"):
+            optimum = to_numpy(optimum).item()  # e.g. global_minimum(...).value for torch data
         optimum = check.check_nonnegative(optimum, "optimum")
     d = U.shape[1]
     n_samples = X.shape[1]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
+
+from .._files import remove_temporaries_in_flight
 
 __all__ = ["run_sweep"]
 
@@ -17,17 +20,25 @@ T = TypeVar("T")
 PARENT_POLL_SECONDS = 0.5
 
 
+def _exit_now(status: int) -> None:
+    remove_temporaries_in_flight()
+    os._exit(status)
+
+
 def _exit_with_parent() -> None:
     """Worker initializer: a daemon thread ends this worker as soon as its parent is gone
-    (killed with SIGKILL, say), which the pool itself never notices; no orphan keeps a core."""
+    (killed with SIGKILL, say), which the pool itself never notices, so no orphan keeps a core;
+    SIGTERM (how an interrupted sweep stops its workers) ends it at once too. Either way the
+    file the worker was writing is removed, not left half-written."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
+        _exit_now(1)
 
     threading.Thread(target=watch, name="structdrop-parent-watch", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(128 + signum))
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

@@ -540,6 +540,9 @@ def drop_block(
         return input if inplace else input.clone()
     n, c = input.shape[:2]
     shape = (1 if batchwise else n, 1 if shared_channels else c, *spatial)
+    if input.is_meta:  # shape propagation: a meta mask of the right broadcast shape, no draws
+        mask = torch.empty(shape, dtype=input.dtype, device=input.device)
+        return input.mul_(mask) if inplace else input * mask
     compiling = torch.compiler.is_compiling()
     if scale == "expected" and not inplace and shape == tuple(input.shape):
         # one mask per unit: scale and zero the output directly, no full-size mask

@@ -112,7 +112,10 @@ def _keep_mask(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """iid Ber(``keep_prob``) entries (0 or 1) of the given shape: the primitive every
-    independent mask here is drawn with."""
+    independent mask here is drawn with. On the meta device: an uninitialized meta tensor (shape
+    propagation; no generator is touched)."""
+    if torch.device(device).type == "meta":
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
     return torch.empty(tuple(shape), dtype=dtype, device=device).bernoulli_(
         keep_prob, generator=generator
     )
@@ -169,7 +172,7 @@ def sample_masks(
         generator: a ``torch.Generator`` on ``device``, or None for torch's default one.
 
     Returns:
-        A tensor of shape ``(*batch_shape, d)``.
+        A tensor of shape ``(*batch_shape, d)`` (uninitialized on the meta device).
     """
     scheme = check.check_scheme(scheme)
     shape = _check_batch_shape(batch_shape)
@@ -179,6 +182,8 @@ def sample_masks(
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     _mean(scheme, d)  # validates d against the scheme (block divisibility, Discrete's width)
+    if device.type == "meta":  # shape propagation: no values, no random draws
+        return torch.empty((*shape, d), dtype=dtype, device=device)
     n = math.prod(shape)
 
     if isinstance(scheme, Bernoulli | DropConnect):
@@ -428,6 +433,8 @@ def dropconnect_linear(
     if chunk_size is not None:
         chunk_size = check.check_positive_int(chunk_size, "chunk_size")
     if not training or p == 0.0:
+        return torch_functional.linear(input, weight, bias)
+    if input.is_meta or weight.is_meta:  # shape propagation: the output of a linear map
         return torch_functional.linear(input, weight, bias)
     keep = 1.0 - p
     if not per_sample:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import _validation as check
-from ..objectives import penalty
+from ..objectives import _penalty, penalty
 from ..schemes import Scheme
 from .functional import (
     block_dropout,
@@ -403,7 +403,8 @@ class DropoutPenalty(nn.Module):
             features: (N, d) features, one row per sample.
 
         Returns:
-            The penalty, a 0-d tensor (float64 if either input is float64, else float32).
+            The penalty, a 0-d tensor (float64 if either input is float64, else float32); a
+            0-d meta tensor for meta inputs (shape propagation).
         """
         if isinstance(features, torch.fx.Proxy):
             node = _traced_call(self, weight, features)
@@ -425,4 +426,10 @@ def _dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Schem
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D (N, d) matrix, got shape {tuple(features.shape)}")
+    if features.is_meta or (isinstance(weight, torch.Tensor) and weight.is_meta):
+        # shape propagation: the same formula on meta tensors, no look at the values
+        weight = check.check_matrix(check.check_float_tensor(weight, "weight"), "weight", meta=True)
+        features = check.check_matrix(features, "features", meta=True)
+        check.check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
+        return _penalty(weight, features.T, scheme)
     return penalty(weight, features.T, scheme)
