@@ -133,9 +133,17 @@ def scale_back(
     """``array * 2**exponent`` in ``kind``: exact (up to gradual underflow below the smallest
     normal number); a ValueError naming ``what`` when it overflows the kind's dtype."""
     with np.errstate(over="ignore", under="ignore"):  # an overflow is reported below
-        value = np.ldexp(np.asarray(array, dtype=np.float64), exponent)
+        value = np.asarray(array, dtype=np.float64)
+        if exponent:
+            value = np.ldexp(value, exponent)
         result = convert(value, kind)
-    check_representable(
-        result, what, log10_magnitude=log10_magnitude(array, exponent), rescale=rescale
+    finite = (
+        bool(torch.isfinite(result.detach()).all())
+        if isinstance(result, torch.Tensor)
+        else bool(np.isfinite(result).all())
     )
+    if not finite:  # the magnitude for the message only when it is needed
+        check_representable(
+            result, what, log10_magnitude=log10_magnitude(array, exponent), rescale=rescale
+        )
     return result

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _validation as check
 from ._arrays import Array, binary_exponent, common_kind, scalar, scale_back, to_numpy
+from ._threads import small_work
 
 __all__ = [
     "ksupport_norm",
@@ -108,7 +109,8 @@ def spectral_ksupport_norm(A: Array, k: int) -> Array:
     kind = common_kind(A)
     values = to_numpy(A)
     exponent = binary_exponent(values)  # the SVD of A / 2**e: no overflow, no underflow
-    singular_values = np.linalg.svd(np.ldexp(values, -exponent), compute_uv=False)
+    with small_work(_svd_flops(values.shape)):
+        singular_values = np.linalg.svd(np.ldexp(values, -exponent), compute_uv=False)
     value, more = _ksupport_norm_sorted(singular_values, k)
     return scalar(
         scale_back(value, exponent + more, kind, "the spectral k-support norm", "A"), kind
@@ -235,6 +237,15 @@ def prox_spectral_ksupport_sq(A: Array, beta: float, k: int) -> Array:
     kind = common_kind(A)
     values = to_numpy(A)
     exponent = binary_exponent(values)  # the SVD of A / 2**e, exact scaling
-    left, singular_values, right_t = np.linalg.svd(np.ldexp(values, -exponent), full_matrices=False)
-    shrunk = _prox_sorted(singular_values, beta, k)
-    return scale_back((left * shrunk) @ right_t, exponent, kind, "the spectral prox", "A")
+    with small_work(_svd_flops(values.shape)):
+        scaled = np.ldexp(values, -exponent)
+        left, singular_values, right_t = np.linalg.svd(scaled, full_matrices=False)
+        shrunk = _prox_sorted(singular_values, beta, k)
+        result = (left * shrunk) @ right_t
+    return scale_back(result, exponent, kind, "the spectral prox", "A")
+
+
+def _svd_flops(shape: tuple[int, ...]) -> float:
+    """About the multiply-adds of a thin SVD of an m x n matrix: 4 m n min(m, n)."""
+    m, n = shape
+    return 4.0 * m * n * min(m, n)

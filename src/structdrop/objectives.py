@@ -25,6 +25,7 @@ import torch
 
 from . import _validation as check
 from ._arrays import Array, Kind, common_kind, convert, scalar, to_numpy
+from ._threads import small_work
 from .schemes import DropConnect, Scheme, as_generator
 
 __all__ = [
@@ -122,14 +123,16 @@ class Gram:
         if Y is None:
             kind = common_kind(X)
             X = convert(X, kind)
-            return cls(xx=X @ X.T, yx=None, yy=None, kind=kind)
+            with small_work(float(X.shape[0]) ** 2 * X.shape[1]):
+                return cls(xx=X @ X.T, yx=None, yy=None, kind=kind)
         Y = check.check_matrix(Y, "Y")
         check.check_same(Y.shape[1], X.shape[1], "X and Y must have the same number of samples N")
         kind = common_kind(X, Y)
         X, Y = convert(X, kind), convert(Y, kind)
         a = Y.shape[0]
         both = torch.cat([Y, X]) if kind.is_torch else np.concatenate([Y, X])
-        stacked = both @ X.T
+        with small_work(float(both.shape[0]) * X.shape[0] * X.shape[1]):
+            stacked = both @ X.T
         return cls(xx=stacked[a:], yx=stacked[:a], yy=(Y * Y).sum(), kind=kind, stacked=stacked)
 
     def _factors(self, U: Array, V: Array, *, needs_y: bool) -> tuple[Array, Array, Kind]:
@@ -167,7 +170,9 @@ class Gram:
         """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
         U, V, kind = self._factors(U, V, needs_y=fit)
         dropconnect = isinstance(scheme, DropConnect)
-        with np.errstate(all="ignore"):  # a non-finite result is reported below
+        (a, d), b = U.shape, V.shape[0]
+        flops = float(d) * ((a + b) * b + (a + b) * d)  # [Y X^T; X X^T] V, U^T U, V^T X X^T V
+        with np.errstate(all="ignore"), small_work(flops):  # non-finite: reported below
             xx = convert(self.xx, kind)
             if fit:  # Y X^T V and X X^T V in one product
                 products = convert(self.stacked, kind) @ V

@@ -27,6 +27,8 @@ import torch
 
 from . import _validation as check
 from ._arrays import Array, Kind, binary_exponent, common_kind, convert, scale_back, to_numpy
+from ._rowspace import RowSpace, row_space
+from ._threads import small_work
 from .ksupport import ProxParts, _ksupport_sq_sorted, _prox_parts, ksupport_split
 from .objectives import Gram
 from .schemes import Bernoulli, GridBlock, Scheme
@@ -149,34 +151,46 @@ class _Scaled(NamedTuple):
     rank: int
     rho: int
     left: np.ndarray  # W: left singular vectors of Y P (a x q)
-    right: np.ndarray  # Z: right singular vectors of Y P (N x q)
-    tolerance: float  # singular values of X at most this are zero
+    zt: np.ndarray  # Z^T in the row-space basis (q x r): Y P's right vectors are (zt @ qt)^T
+    space: RowSpace
+
+    @property
+    def tolerance(self) -> float:
+        """Singular values of X at most this are zero."""
+        return self.space.tolerance
+
+    def right(self) -> np.ndarray:
+        """Z: the right singular vectors of Y P (N x q); formed only for autograd."""
+        return (self.zt @ self.space.qt()).T
 
 
-def _solve(x: np.ndarray, y: np.ndarray, beta: float, block_size: int) -> _Scaled:
-    """Thm 2.7 (corrected, NOTES.md) on data of unit scale."""
-    # Row space of X: X = Ux diag(s) Qt, keeping the numerically nonzero singular values.
-    ux, s, qt = np.linalg.svd(x, full_matrices=False)
-    tolerance = (s[0] if s.size else 0.0) * max(x.shape) * np.finfo(np.float64).eps
-    keep = s > tolerance
-    ux, s, qt = ux[:, keep], s[keep], qt[keep]
-    y_row = y @ qt.T  # Y P = y_row @ qt
-    residual = float(np.sum((y - y_row @ qt) ** 2))
-    if not s.size:  # X = 0: nothing can be fitted
+def _solve(
+    x: np.ndarray, y: np.ndarray, beta: float, block_size: int, route: str = "auto"
+) -> _Scaled:
+    """Thm 2.7 (corrected, NOTES.md) on data of unit scale.
+
+    X's row space comes from :func:`~structdrop._rowspace.row_space` (the Gram route when X is
+    well conditioned, else its SVD): with ``Y P = C qt`` and the SVD ``C = W diag(m) Z^T``,
+    ``A* = W diag(x) Z^T qt``, so only the small a x r matrix C is decomposed.
+    """
+    space = row_space(x, route)
+    y_row = space.coordinates(y)  # C: Y P = C qt
+    residual = float(np.sum((y - space.expand(y_row)) ** 2))
+    if not space.rank:  # X = 0: nothing can be fitted
         empty = np.zeros(0)
         parts = ProxParts(empty, empty.astype(bool), empty.astype(bool), 0.0, 0.0, beta)
-        a, b, n = y.shape[0], x.shape[0], x.shape[1]
+        a, b = y.shape[0], x.shape[0]
         return _Scaled(
             np.zeros_like(y), np.zeros((a, b)), residual, residual, empty, parts, 0, 1,
-            np.zeros((a, 0)), np.zeros((n, 0)), tolerance,
+            np.zeros((a, 0)), np.zeros((0, 0)), space,
         )  # fmt: skip
 
     w, m, zt = np.linalg.svd(y_row, full_matrices=False)
     parts = _prox_parts(m, beta, block_size)
     x_star = parts.x
     coefficients = (w * x_star) @ zt  # A* = coefficients @ qt, W* = coefficients diag(1/s) ux^T
-    prediction = coefficients @ qt
-    weights = (coefficients / s) @ ux.T
+    weights = space.weights(coefficients)
+    prediction = space.expand(coefficients)
     rank = int(np.count_nonzero(x_star > x_star[0] * x_star.size * np.finfo(float).eps))
     value = residual + float(np.sum((m - x_star) ** 2))
     value += beta * _ksupport_sq_sorted(x_star, block_size)
@@ -190,9 +204,14 @@ def _solve(x: np.ndarray, y: np.ndarray, beta: float, block_size: int) -> _Scale
         rank=rank,
         rho=ksupport_split(x_star, block_size) if rank else 1,
         left=w,
-        right=(zt @ qt).T,
-        tolerance=tolerance,
+        zt=zt,
+        space=space,
     )
+
+
+def _flops(b: int, n: int, a: int) -> float:
+    """Multiply-adds of the Gram route: X X^T, Y X^T, A* = W* X and the residual."""
+    return float(b) * n * (b + 3 * a)
 
 
 def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMinimum:
@@ -232,7 +251,14 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     beta = regularization_strength(scheme, width)
     x_np, y_np = to_numpy(X, "X"), to_numpy(Y, "Y")
     ex, ey = binary_exponent(x_np), binary_exponent(y_np)
-    solution = _solve(np.ldexp(x_np, -ex), np.ldexp(y_np, -ey), beta, block_size)
+    differentiable = (
+        kind.is_torch and torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad)
+    )
+    # Autograd differentiates the SVD route (finite differences of the Gram route's rounding,
+    # eps * cond(X)^2, would blur a gradient check); everything else takes the cheaper route.
+    route = "svd" if differentiable else "auto"
+    with small_work(_flops(*x_np.shape, y_np.shape[0])):
+        solution = _solve(np.ldexp(x_np, -ex), np.ldexp(y_np, -ey), beta, block_size, route)
 
     # Scale back: the value first (the quantity that overflows first), then the arrays.
     double = Kind(is_torch=False, double=True)
@@ -252,7 +278,7 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     if kind.is_torch:
         fields["value"] = scale_back(value, 0, kind, "the optimum value", "Y")
         fields["residual"] = scale_back(residual, 0, kind, "the residual", "Y")
-        if torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad):
+        if differentiable:
             fields = _with_autograd(fields, X, Y, solution, beta, block_size, ex, ey)
     return GlobalMinimum(
         beta=beta,
@@ -371,7 +397,7 @@ def _with_autograd(
     constants = [torch.as_tensor(t, **options) for t in tables[:4]]
     left, right, m, x = (
         torch.as_tensor(a, **options)
-        for a in (solution.left, solution.right, solution.m, solution.parts.x)
+        for a in (solution.left, solution.right(), solution.m, solution.parts.x)
     )
     # the rank of the NumPy solution: singular values at most the tolerance are zero
     pinv = torch.linalg.pinv(inputs, atol=solution.tolerance)  # (N, b)
@@ -417,7 +443,9 @@ def block_norms(U: Array, V: Array, X: Array, block_size: int) -> Array:
     d = U.shape[1]
     check.check_block_divides(block_size, d)
     xx = convert(stats.xx, kind)
-    products = (U.T @ U) * (V.T @ xx @ V)  # entry (i, j): (u_i^T u_j)(x-weighted v_i^T v_j)
+    (a, _), b = U.shape, V.shape[0]
+    with small_work(float(d) * (a * d + b * b + b * d)):
+        products = (U.T @ U) * (V.T @ xx @ V)  # (i, j): (u_i^T u_j)(x-weighted v_i^T v_j)
     k = d // block_size
     blocks = products.reshape(k, block_size, k, block_size)
     squares = blocks.sum(axis=(1, 3)).diagonal()  # NumPy and torch alike
