@@ -175,7 +175,7 @@ def section_threads(small: bool) -> None:
     print("|---|---|---|---|---|")
     from structdrop import optimum as module
 
-    for scale in (1,) if small else (1, 3, 10):
+    for scale in (1,) if small else (1, 2, 3, 10):
         X, Y, scheme, width = problem(scale, small=small)
         flops = module._flops(*X.shape, Y.shape[0])
         calls = max(3, int(30 / scale**2))

@@ -387,7 +387,7 @@ def _stop_after_first_save():
 def _rewrite_state(path: Path, **changes) -> None:
     """Rewrite a fit_sgd checkpoint with its identity intact and some entries changed, as a
     damaged-but-consistent file would be."""
-    meta, arrays = ckpt._read(path)
+    meta, arrays, _ = ckpt._read(path)
     state = ckpt._decode(meta["state"], arrays)
     state.update(changes)
     ckpt.save_checkpoint(

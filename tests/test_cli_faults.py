@@ -172,7 +172,7 @@ def test_deep_resume_refuses_damaged_and_wrong_shaped_state(tmp_path: Path) -> N
     path = tmp_path / "fig2.pt"
     with pytest.raises(deep._Interrupted):
         deep.train(config, checkpoint=path, interrupt_after=1)
-    meta, arrays = ckpt._read(path)
+    meta, arrays, _ = ckpt._read(path)
     state = ckpt._decode(meta["state"], arrays)
     name = next(iter(state["model"]))
     state["model"][name] = torch.zeros(3, 3)

@@ -3,7 +3,8 @@
 A checkpoint is a NumPy ``.npz`` archive (never pickled) holding the arrays of a state and one
 metadata entry: the format, the kind of run, the run's identity, the state's structure (nested
 dicts, lists, tuples, numbers and strings, with references to the arrays) and a SHA-256 digest
-over all of it, arrays included. It is written atomically (:func:`write_atomically`), so a killed
+over all of it, arrays included (through the CRC-32 that the zip format keeps for each array and
+checks on every read). It is written atomically (:func:`write_atomically`), so a killed
 run leaves either the previous checkpoint or the new one, never half of one.
 
 On load, everything is checked before anything is used: that the file is a readable archive
@@ -26,7 +27,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if _TENSOR in value:
         import torch
 
-        tensor = torch.from_numpy(arrays[value[_TENSOR]].copy())
+        tensor = torch.from_numpy(arrays[value[_TENSOR]])  # a fresh array from np.load
         if value["dtype"] == "bfloat16":
             tensor = tensor.view(torch.bfloat16)
         return tensor
@@ -118,13 +119,33 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def _digest(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+def _digest(header: Mapping[str, Any], members: Mapping[str, tuple[str, list[int], int]]) -> str:
+    """SHA-256 over the metadata and, for each array, its name, dtype, shape and the CRC-32 of
+    its bytes in the archive. The zip format checks every array's bytes against that CRC when
+    it is read, so the digest binds the metadata to the arrays without a second pass over
+    them (a ResNet-50 checkpoint is about 280 MB)."""
     digest = hashlib.sha256(_canonical(header))
-    for key in sorted(arrays):
-        array = np.ascontiguousarray(arrays[key])
-        digest.update(_canonical([key, array.dtype.str, list(array.shape)]))
-        digest.update(array.reshape(-1).view(np.uint8))
+    for key in sorted(members):
+        digest.update(_canonical([key, *members[key]]))
     return digest.hexdigest()
+
+
+def _write_archive(
+    stream: IO[bytes], header: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """The arrays as ``.npy`` members (as ``np.savez`` writes them), then the metadata, whose
+    digest covers the CRC-32 that the zip format computed for each array."""
+    members = {}
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+            crc = archive.getinfo(f"{key}.npy").CRC
+            members[key] = (array.dtype.str, list(array.shape), crc)
+        meta = dict(header, digest=_digest(header, members))
+        text = json.dumps(meta, allow_nan=False).encode()  # keeps the order of the state's keys
+        with archive.open(f"{META}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, np.frombuffer(text, dtype=np.uint8))
 
 
 def _normalized(identity: Any) -> Any:
@@ -153,14 +174,14 @@ def save_checkpoint(path: str | os.PathLike[str], *, kind: str, identity: Any, s
         "identity": _normalized(identity),
         "state": _encode(state, arrays),
     }
-    meta = dict(header, digest=_digest(header, arrays))
-    text = json.dumps(meta, allow_nan=False).encode()  # keeps the order of the state's keys
-    payload = {META: np.frombuffer(text, dtype=np.uint8), **arrays}
-    return write_atomically(path, lambda stream: np.savez(stream, **payload))
+    return write_atomically(path, lambda stream: _write_archive(stream, header, arrays))
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The metadata and arrays of the archive at ``path``, or a CheckpointError."""
+def _read(
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, tuple[str, list[int], int]]]:
+    """The metadata, the arrays and each array's (dtype, shape, CRC-32) of the archive at
+    ``path``, or a CheckpointError."""
     if path.is_dir():
         raise CheckpointError(path, "is a folder, not a checkpoint file", "choose a file path")
     try:
@@ -178,7 +199,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         with loaded as archive:
             if META not in archive.files:
                 raise CheckpointError(path, "is not a structdrop checkpoint (no metadata)")
-            arrays = {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}  # checks every CRC-32
+            crcs = {key: archive.zip.getinfo(f"{key}.npy").CRC for key in archive.files}
     except CheckpointError:
         raise
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as error:
@@ -199,7 +221,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             raise ValueError("metadata is not an object")
     except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError(path, f"has unreadable metadata ({error})") from None
-    return meta, arrays
+    members = {
+        key: (array.dtype.str, list(array.shape), crcs[key]) for key, array in arrays.items()
+    }
+    return meta, arrays, members
 
 
 def load_checkpoint(
@@ -226,7 +251,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         return None
-    meta, arrays = _read(path)
+    meta, arrays, members = _read(path)
     if meta.get("format") != FORMAT or "digest" not in meta:
         raise CheckpointError(
             path, f"has format {meta.get('format')!r}, not {FORMAT} (another structdrop version)"
@@ -235,7 +260,7 @@ def load_checkpoint(
         raise CheckpointError(path, f"is a checkpoint of {meta.get('kind')!r}, not of {kind!r}")
     header = {key: meta.get(key) for key in ("format", "kind", "identity", "state")}
     try:
-        consistent = _digest(header, arrays) == meta["digest"]
+        consistent = _digest(header, members) == meta["digest"]
     except (TypeError, ValueError):
         consistent = False
     if not consistent:
