@@ -68,7 +68,7 @@ def test_gram_route_agrees_with_the_svd_route(a, b, n, condition, block, seed) -
     X, Y = _data(rng, a, b, n, condition)
     scheme = sd.GridBlock(0.5, block) if block > 1 else sd.Bernoulli(0.5)
     fast, exact = _both_routes(X, Y, scheme, 6 * block)
-    assert fast.space.route == "gram" and exact.space.route == "svd"
+    assert fast.space.route.startswith("gram") and exact.space.route == "svd"
     _assert_same_solution(fast, exact)
 
 

@@ -175,8 +175,8 @@ def _solve(
     """
     space = row_space(x, route)
     y_row = space.coordinates(y)  # C: Y P = C qt
-    residual = float(np.sum((y - space.expand(y_row)) ** 2))
     if not space.rank:  # X = 0: nothing can be fitted
+        residual = float(np.sum(y * y))
         empty = np.zeros(0)
         parts = ProxParts(empty, empty.astype(bool), empty.astype(bool), 0.0, 0.0, beta)
         a, b = y.shape[0], x.shape[0]
@@ -188,9 +188,14 @@ def _solve(
     w, m, zt = np.linalg.svd(y_row, full_matrices=False)
     parts = _prox_parts(m, beta, block_size)
     x_star = parts.x
-    coefficients = (w * x_star) @ zt  # A* = coefficients @ qt, W* = coefficients diag(1/s) ux^T
-    weights = space.weights(coefficients)
-    prediction = space.expand(coefficients)
+    coefficients = (w * x_star) @ zt  # A* = coefficients @ qt
+    a = y.shape[0]
+    both = np.concatenate([y_row, coefficients])  # Y P and A* from one product with X
+    both_weights = space.weights(both)
+    weights = both_weights[a:]
+    expanded = both_weights @ x if space.route == "gram" else space.expand(both)
+    residual = float(np.sum((y - expanded[:a]) ** 2))  # ||Y (I - P)||^2, no cancellation
+    prediction = expanded[a:]
     rank = int(np.count_nonzero(x_star > x_star[0] * x_star.size * np.finfo(float).eps))
     value = residual + float(np.sum((m - x_star) ** 2))
     value += beta * _ksupport_sq_sorted(x_star, block_size)
@@ -209,6 +214,11 @@ def _solve(
     )
 
 
+#: Data whose largest entry lies within 2**+-SAFE_EXPONENT is used as it is: squares and sums
+#: of N products of such entries stay far inside float64's range (2**+-1022).
+SAFE_EXPONENT = 200
+
+
 def _flops(b: int, n: int, a: int) -> float:
     """Multiply-adds of the Gram route: X X^T, Y X^T, A* = W* X and the residual."""
     return float(b) * n * (b + 3 * a)
@@ -225,8 +235,13 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     Scale-safe: the row space of X does not depend on X's scale, ``A*``, ``x`` and ``m`` scale
     linearly with Y, ``W*`` with Y's scale over X's, and ``F*`` with the square of Y's; so the
     problem is solved for X and Y divided by powers of two near their largest entries (exact)
-    and the results scaled back. Every result is right whenever it is representable (data at
-    1e-200 give exact results, not zeros); one that is not raises a ValueError.
+    and the results scaled back, whenever those entries lie outside ``2**+-SAFE_EXPONENT``.
+    Every result is right whenever it is representable (data at 1e-200 give exact results, not
+    zeros); one that is not raises a ValueError.
+
+    X's row space comes from the Cholesky factor of its smaller Gram matrix when
+    ``cond(X) <= 1e3``, else from its SVD (:mod:`structdrop._rowspace`); the work runs with one
+    BLAS thread below ``structdrop._threads.SMALL_WORK_FLOPS`` multiply-adds.
 
     Args:
         X: (b, N) inputs; any rank.
@@ -250,7 +265,8 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     kind = common_kind(X, Y)
     beta = regularization_strength(scheme, width)
     x_np, y_np = to_numpy(X, "X"), to_numpy(Y, "Y")
-    ex, ey = binary_exponent(x_np), binary_exponent(y_np)
+    # Entries within 2**+-SAFE_EXPONENT cannot overflow or underflow any product here: no copy.
+    ex, ey = (e if abs(e) > SAFE_EXPONENT else 0 for e in map(binary_exponent, (x_np, y_np)))
     differentiable = (
         kind.is_torch and torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad)
     )
@@ -258,7 +274,9 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     # eps * cond(X)^2, would blur a gradient check); everything else takes the cheaper route.
     route = "svd" if differentiable else "auto"
     with small_work(_flops(*x_np.shape, y_np.shape[0])):
-        solution = _solve(np.ldexp(x_np, -ex), np.ldexp(y_np, -ey), beta, block_size, route)
+        x_scaled = np.ldexp(x_np, -ex) if ex else x_np
+        y_scaled = np.ldexp(y_np, -ey) if ey else y_np
+        solution = _solve(x_scaled, y_scaled, beta, block_size, route)
 
     # Scale back: the value first (the quantity that overflows first), then the arrays.
     double = Kind(is_torch=False, double=True)
