@@ -18,10 +18,10 @@ from typing import Any
 
 __all__ = ["SMALL_WORK_FLOPS", "small_work"]
 
-#: Below this many multiply-adds one BLAS thread is as fast as two on an idle 2-core machine
-#: (bench_optimum.py: the paper-scale optimum, about 3e7, runs in the same time with 1 or 2
-#: threads idle) and far faster on a busy one; above it (10x the paper's sizes, about 3e10)
-#: more threads help when the cores are free.
+#: Below this many multiply-adds one BLAS thread is the better bet on this 2-core machine
+#: (docs/optimum_benchmark.md): with a core really free a second thread saves 15-25%, with it
+#: taken by other work it costs 1.5x to 67x; at 10x the paper's sizes (3.4e10) a second thread
+#: pays even on a loaded machine.
 SMALL_WORK_FLOPS = 1e9
 
 
