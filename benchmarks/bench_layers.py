@@ -1,17 +1,26 @@
 """Structured dropout layers against torchvision, timm and ``dropblock`` (ratios in one process).
 
-1. Forward + backward time of 2-D DropBlock at (32, 256, 14, 14) and (32, 64, 56, 56), block 7,
-   p = 0.1, with ``F.dropout`` / ``F.dropout2d`` as the floor: every library's time over
-   ``F.dropout``'s, then ours over each baseline, against the goals of the issue (independent
-   channels <= 0.25x torchvision and <= 1.2x ``F.dropout``; shared channels <= timm's default).
-2. ``block_dropout`` (the paper's grid DropBlock) against ``F.dropout`` on (256, 4096).
-3. The drop rate each library actually applies at 14x14 and 7x7, block 7, p = 0.1: the mean over
+1. Forward + backward time of 2-D DropBlock, block 7, p = 0.1, against
+   ``torchvision.ops.drop_block2d``, timm's ``drop_block_2d`` (default: channels share a mask;
+   and per channel), ``dropblock.DropBlock2D`` (CPU only: it draws on the CPU) and ``F.dropout``,
+   the memory-bandwidth floor. CPU: (32, 256, 14, 14) and (32, 64, 56, 56) in float32, eager.
+   CUDA: those and (128, 256, 28, 28), float32 and bfloat16, eager and compiled
+   (``torch.compile(fullgraph=True)``, ours against the others compiled alike).
+2. Every goal of the issue as a ratio measured in the same run, marked ``ok`` or ``miss``:
+   CPU eager: ours (independent) <= 0.25x torchvision and <= 1.2x ``F.dropout``, ours (shared
+   channels) <= 1.0x timm's default. CUDA eager: ours (independent) <= 1.0x torchvision, ours
+   (shared) <= 1.0x timm's default; CUDA compiled: ours (independent) <= 1.2x compiled
+   ``F.dropout`` at (128, 256, 28, 28).
+3. ``block_dropout`` (the paper's grid DropBlock) against ``F.dropout`` on (256, 4096).
+4. The drop rate each library actually applies at 14x14 and 7x7, block 7, p = 0.1: the mean over
    the map, the corner unit and the centre unit, estimated from many masks (NOTES.md, "What
    existing layers get wrong"), beside our exact values.
 
-Large CPU buffers (25 MB at (32, 64, 56, 56)) are kept by the C allocator after they are freed
-(``mallopt``), so that no layer's time depends on whether its output happened to need fresh pages
-from the system; ``--system-malloc`` leaves the allocator as it is.
+CPU timings take the median of rounds of calls (``_timing.best_time``); CUDA timings time a
+round of calls between two CUDA events, with no host sync inside the round. Large CPU buffers
+(25 MB at (32, 64, 56, 56)) are kept by the C allocator after they are freed (``mallopt``), so
+that no layer's time depends on whether its output happened to need fresh pages from the system;
+``--system-malloc`` leaves the allocator as it is.
 
 Run: ``python benchmarks/bench_layers.py [--device cuda] [--quick] [--threads 2]``.
 """
@@ -23,6 +32,8 @@ import ctypes
 import ctypes.util
 import math
 import platform
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -32,8 +43,13 @@ from _timing import best_time
 from structdrop.nn._dropblock import drop_block2d, drop_block_keep_prob, window_drop_prob
 
 P, BLOCK = 0.1, 7
-FULL_SHAPES = ((32, 256, 14, 14), (32, 64, 56, 56))
+CPU_SHAPES = ((32, 256, 14, 14), (32, 64, 56, 56))
+CUDA_SHAPES = ((32, 256, 14, 14), (32, 64, 56, 56), (128, 256, 28, 28))
 QUICK_SHAPES = ((8, 64, 14, 14), (8, 16, 28, 28))
+GOAL_SHAPE = (128, 256, 28, 28)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+Layer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def keep_freed_memory() -> bool:
@@ -49,9 +65,13 @@ def keep_freed_memory() -> bool:
     return False
 
 
-def _baselines() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+def _baselines(device: str) -> dict[str, Layer]:
     """The other libraries' 2-D DropBlock as functions of the input (absent ones skipped)."""
-    found: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    found: dict[str, Layer] = {}
     try:
         from torchvision.ops import drop_block2d as tv_drop_block2d
 
@@ -67,116 +87,201 @@ def _baselines() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         )
     except ImportError:
         print("timm not installed: skipped")
-    try:
-        from dropblock import DropBlock2D
+    if device == "cpu":  # it draws its masks on the CPU and copies them to the device
+        try:
+            from dropblock import DropBlock2D
 
-        layer = DropBlock2D(drop_prob=P, block_size=BLOCK).train()
-        found["dropblock.DropBlock2D"] = layer
-    except ImportError:
-        print("dropblock not installed: skipped")
+            found["dropblock.DropBlock2D"] = DropBlock2D(drop_prob=P, block_size=BLOCK).train()
+        except ImportError:
+            print("dropblock not installed: skipped")
     return found
 
 
-def _ours() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    return {
+def _ours(device: str) -> dict[str, Layer]:
+    ours: dict[str, Layer] = {
         "ours (independent)": lambda x: drop_block2d(x, P, BLOCK),
         "ours (independent, clipped)": lambda x: drop_block2d(x, P, BLOCK, placement="clipped"),
         "ours (shared channels)": lambda x: drop_block2d(x, P, BLOCK, shared_channels=True),
     }
+    if device == "cpu":  # the sync-free sampler that accelerators and torch.compile use
+        ours["ours (independent, dense)"] = lambda x: drop_block2d(x, P, BLOCK, method="dense")
+    return ours
 
 
-def _forward_backward(
-    layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
-) -> Callable[[], None]:
+def eager_layers(device: str) -> dict[str, Layer]:
+    floors: dict[str, Layer] = {"F.dropout": lambda x: F.dropout(x, P)}
+    if device == "cpu":
+        floors["F.dropout2d"] = lambda x: F.dropout2d(x, P)
+    return {**floors, **_baselines(device), **_ours(device)}
+
+
+COMPILED = (
+    "F.dropout",
+    "torchvision drop_block2d",
+    "timm drop_block_2d (default)",
+    "timm drop_block_2d (per channel)",
+    "ours (independent)",
+    "ours (shared channels)",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+
+
+def cuda_time(function: Callable[[], None], *, repeat: int = 7, min_seconds: float = 0.05) -> float:
+    """Median seconds per call over ``repeat`` rounds, each timed by two CUDA events around
+    enough calls to last ``min_seconds`` (no host sync inside a round)."""
+    torch.cuda.synchronize()
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        torch.cuda.synchronize()
+        if time.perf_counter() - start >= min_seconds:
+            break
+        calls *= 2
+    rounds = []
+    for _ in range(repeat):
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(calls):
+            function()
+        end.record()
+        end.synchronize()
+        rounds.append(begin.elapsed_time(end) / 1e3 / calls)
+    return statistics.median(rounds)
+
+
+def _forward_backward(layer: Layer, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         layer(x).backward(grad)
         x.grad = None
-        if x.is_cuda:
-            torch.cuda.synchronize()
 
     return run
 
 
-def time_dropblock(shapes, device: str) -> None:
-    layers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "F.dropout": lambda x: F.dropout(x, P),
-        "F.dropout2d": lambda x: F.dropout2d(x, P),
-        **_baselines(),
-        **_ours(),
-    }
-    times: dict[tuple[int, ...], dict[str, float]] = {}
-    for shape in shapes:
-        x = torch.randn(shape, device=device, requires_grad=True)
-        grad = torch.randn(shape, device=device)
-        times[shape] = {}
-        for name, layer in layers.items():
-            run = _forward_backward(layer, x, grad)
-            run()  # warm-up: caches, allocator
-            times[shape][name] = best_time(run, repeat=5, min_seconds=0.2)
-    _print_times(shapes, layers, times)
-    _print_goals(shapes, times)
+def _time(layer: Layer, x: torch.Tensor, grad: torch.Tensor) -> float:
+    run = _forward_backward(layer, x, grad)
+    for _ in range(3):  # warm-up: caches, allocator, compilation
+        run()
+    if x.is_cuda:
+        return cuda_time(run)
+    return best_time(run, repeat=5, min_seconds=0.2)
 
 
-def _print_times(shapes, layers, times) -> None:
-    print(f"\nDropBlock2d forward+backward, block {BLOCK}, p = {P}: time and time / F.dropout\n")
-    head = "| layer | " + " | ".join(f"{tuple(s)} ms | / F.dropout" for s in shapes) + " |"
-    print(head)
-    print("|" + "---|" * (1 + 2 * len(shapes)))
-    for name in layers:
+def _compiled(layer: Layer) -> Layer:
+    return torch.compile(layer, fullgraph=True, dynamic=False)
+
+
+Config = tuple[str, tuple[int, ...], str]  # (mode, shape, dtype name)
+
+
+def time_layers(
+    device: str, shapes, dtypes: list[str], compiled_shapes
+) -> dict[Config, dict[str, float]]:
+    """Seconds per forward + backward for every layer and configuration (NaN: failed)."""
+    layers = eager_layers(device)
+    configs = [("eager", s, d) for d in dtypes for s in shapes]
+    configs += [("compiled", s, d) for d in dtypes for s in compiled_shapes]
+    times: dict[Config, dict[str, float]] = {}
+    for mode, shape, dtype in configs:
+        x = torch.randn(shape, device=device, dtype=DTYPES[dtype], requires_grad=True)
+        grad = torch.randn(shape, device=device, dtype=DTYPES[dtype])
+        names = list(layers) if mode == "eager" else [n for n in COMPILED if n in layers]
+        times[(mode, shape, dtype)] = row = {}
+        for name in names:
+            torch._dynamo.reset()
+            layer = layers[name] if mode == "eager" else _compiled(layers[name])
+            try:
+                row[name] = _time(layer, x, grad)
+            except Exception as error:  # a baseline that does not compile: reported, not fatal
+                print(f"{mode} {name} {shape} {dtype} failed: {type(error).__name__}: {error}")
+                row[name] = math.nan
+        print(f"timed {mode} {shape} {dtype}", flush=True)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def print_times(times: dict[Config, dict[str, float]]) -> None:
+    print(f"\nDropBlock2d forward+backward, block {BLOCK}, p = {P}: ms and time / F.dropout\n")
+    configs = list(times)
+    names = list(dict.fromkeys(name for row in times.values() for name in row))
+    head = " | ".join(f"{mode} {dtype} {shape}" for mode, shape, dtype in configs)
+    print(f"| layer | {head} |")
+    print("|" + "---|" * (1 + len(configs)))
+    for name in names:
         cells = []
-        for shape in shapes:
-            t = times[shape][name]
-            cells += [f"{1e3 * t:.2f}", f"{t / times[shape]['F.dropout']:.2f}x"]
+        for config in configs:
+            t, floor = times[config].get(name, math.nan), times[config]["F.dropout"]
+            cells.append("-" if math.isnan(t) else f"{1e3 * t:.3f} ({t / floor:.2f}x)")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def _print_goals(shapes, times) -> None:
-    checks = [
-        ("ours (independent)", "torchvision drop_block2d", 0.25),
-        ("ours (independent)", "timm drop_block_2d (per channel)", None),
-        ("ours (independent)", "F.dropout", 1.2),
-        ("ours (independent, clipped)", "F.dropout", None),
-        ("ours (shared channels)", "timm drop_block_2d (default)", 1.0),
-        ("ours (shared channels)", "dropblock.DropBlock2D", None),
+def _goals(device: str, times: dict[Config, dict[str, float]]) -> list[tuple]:
+    """(mode, ours, baseline, goal, configurations) of the issue's goals."""
+    eager = [c for c in times if c[0] == "eager"]
+    if device == "cpu":
+        return [
+            ("eager", "ours (independent)", "torchvision drop_block2d", 0.25, eager),
+            ("eager", "ours (independent)", "F.dropout", 1.2, eager),
+            ("eager", "ours (shared channels)", "timm drop_block_2d (default)", 1.0, eager),
+        ]
+    compiled = [c for c in times if c[0] == "compiled" and c[1] == GOAL_SHAPE]
+    return [
+        ("eager", "ours (independent)", "torchvision drop_block2d", 1.0, eager),
+        ("eager", "ours (shared channels)", "timm drop_block_2d (default)", 1.0, eager),
+        ("compiled", "ours (independent)", "F.dropout", 1.2, compiled),
     ]
-    print("\nOurs / baseline (same run; goal from the issue where there is one)\n")
-    print("| ours | baseline | " + " | ".join(str(tuple(s)) for s in shapes) + " | goal |")
-    print("|" + "---|" * (3 + len(shapes)))
-    for ours, base, goal in checks:
-        if base not in times[shapes[0]]:
-            continue
-        ratios = [times[s][ours] / times[s][base] for s in shapes]
-        cells = []
-        for r in ratios:
-            mark = "" if goal is None else (" ok" if r <= goal else " MISSED")
-            cells.append(f"{r:.2f}x{mark}")
-        goal_text = "-" if goal is None else f"<= {goal}x"
-        print(f"| {ours} | {base} | " + " | ".join(cells) + f" | {goal_text} |")
+
+
+def print_goals(device: str, times: dict[Config, dict[str, float]]) -> int:
+    """Print every goal as ``ok`` or ``miss``; return the number missed."""
+    print("\nGoals (ours / baseline, same run)\n")
+    print("| mode | ours | baseline | dtype | shape | ratio | goal | result |")
+    print("|---|---|---|---|---|---|---|---|")
+    missed = 0
+    for mode, ours, base, goal, configs in _goals(device, times):
+        for config in configs:
+            row = times[config]
+            if base not in row or ours not in row:
+                continue
+            ratio = row[ours] / row[base]
+            result = "ok" if ratio <= goal else "miss"
+            missed += result == "miss"
+            print(
+                f"| {mode} | {ours} | {base} | {config[2]} | {config[1]} | {ratio:.2f}x | "
+                f"<= {goal}x | {result} |"
+            )
+    return missed
 
 
 def time_block_dropout(device: str, quick: bool) -> None:
-    try:
-        from structdrop.nn.functional import block_dropout
-    except ImportError:
-        print("\nstructdrop.nn.functional.block_dropout not available: skipped")
-        return
+    from structdrop.nn.functional import block_dropout
+
     shape, block = ((64, 1024) if quick else (256, 4096)), 8
     x = torch.randn(shape, device=device, requires_grad=True)
     grad = torch.randn(shape, device=device)
-    ours = best_time(_forward_backward(lambda t: block_dropout(t, P, block), x, grad))
-    floor = best_time(_forward_backward(lambda t: F.dropout(t, P), x, grad))
+    ours = _time(lambda t: block_dropout(t, P, block), x, grad)
+    floor = _time(lambda t: F.dropout(t, P), x, grad)
     print(f"\nBlockDropout vs F.dropout, forward+backward, {shape}, block {block}, p = {P}\n")
     print("| block_dropout ms | F.dropout ms | ratio | goal |")
     print("|---|---|---|---|")
-    mark = "ok" if ours <= floor else "MISSED"
+    mark = "ok" if ours <= floor else "miss"
     print(f"| {1e3 * ours:.3f} | {1e3 * floor:.3f} | {ours / floor:.2f}x {mark} | <= 1.0x |")
 
 
-def _rate_layers() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    layers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
-    base = _baselines()
-    for name in base:
-        layers[name] = base[name]
+# ----------------------------------------------------------------------------------------------
+# Drop rates
+
+
+def _rate_layers(device: str) -> dict[str, Layer]:
+    layers = dict(_baselines(device))
     layers["ours (valid, gamma=mean)"] = lambda x: drop_block2d(x, P, BLOCK)
     layers["ours (clipped, gamma=mean)"] = lambda x: drop_block2d(x, P, BLOCK, placement="clipped")
     layers["ours (valid, gamma=interior)"] = lambda x: drop_block2d(x, P, BLOCK, gamma="interior")
@@ -207,7 +312,7 @@ def drop_rates(device: str, masks: int) -> None:
     print("| layer | 14x14 mean | corner | centre | 7x7 mean | corner | centre |")
     print("|---|---|---|---|---|---|---|")
     torch.manual_seed(0)
-    for name, layer in _rate_layers().items():
+    for name, layer in _rate_layers(device).items():
         cells = []
         for size in (14, 7):
             x = torch.ones(masks, 1, size, size, device=device)
@@ -224,11 +329,24 @@ def drop_rates(device: str, masks: int) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------------------------
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small sizes, few masks")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--dtypes", default=None, help="comma-separated (default: cpu float32, cuda both)"
+    )
+    parser.add_argument(
+        "--compiled-shapes",
+        default=None,
+        choices=["none", "goal", "all"],
+        help="shapes timed compiled (default: cpu none, cuda goal = (128, 256, 28, 28))",
+    )
+    parser.add_argument("--no-rates", action="store_true", help="skip the drop-rate table")
     parser.add_argument(
         "--system-malloc", action="store_true", help="do not ask glibc to keep freed memory"
     )
@@ -237,15 +355,25 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     torch.set_num_threads(args.threads)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+    cuda = args.device == "cuda"
+    where = torch.cuda.get_device_name() if cuda else platform.processor()
     print(
         f"torch {torch.__version__}, device {args.device} ({where or 'cpu'}), "
         f"{torch.get_num_threads()} threads, freed memory kept by malloc: {kept}"
     )
-    time_dropblock(QUICK_SHAPES if args.quick else FULL_SHAPES, args.device)
+    shapes = QUICK_SHAPES if args.quick else (CUDA_SHAPES if cuda else CPU_SHAPES)
+    dtypes = (args.dtypes or ("float32,bfloat16" if cuda else "float32")).split(",")
+    compiled_mode = args.compiled_shapes or ("goal" if cuda else "none")
+    compiled_shapes = {"none": (), "goal": (shapes[-1],), "all": shapes}[compiled_mode]
+    times = time_layers(args.device, shapes, dtypes, compiled_shapes)
+    print_times(times)
+    missed = print_goals(args.device, times)
     time_block_dropout(args.device, args.quick)
-    drop_rates(args.device, 2000 if args.quick else 20000)
+    if not args.no_rates:
+        drop_rates(args.device, 2000 if args.quick else 20000)
+    print(f"\ngoals missed: {missed}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -113,9 +113,7 @@ def test_1d_masks_match_sliding_block_moments(placement, length, block):
 def test_nd_masks_match_oracle_moments(placement, spatial, block):
     p = 0.25
     gamma = window_drop_prob(p, block, spatial, placement, "mean")
-    mean, second = oracle_moments(
-        spatial, check_block_sizes(block, len(spatial)), placement, gamma
-    )
+    mean, second = oracle_moments(spatial, check_block_sizes(block, len(spatial)), placement, gamma)
     mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy().ravel()
     np.testing.assert_allclose(mu, mean, rtol=0, atol=1e-14)
     z = kept((100, 100, *spatial), p, block, seed=3, placement=placement).reshape(10_000, -1)
@@ -330,11 +328,12 @@ def test_inplace_keeps_gradients_on_intermediate_tensors():
     torch.testing.assert_close(x.grad, reference)
 
 
+@pytest.mark.parametrize("method", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("scale", ["expected", "batch"])
-def test_half_precision_keeps_dtype_without_nan(dtype, scale):
+def test_half_precision_keeps_dtype_without_nan(dtype, scale, method):
     x = torch.randn(4, 8, 14, 14).to(dtype)
-    out = drop_block2d(x, 0.5, 7, scale=scale, placement="clipped", generator=gen(0))
+    out = drop_block2d(x, 0.5, 7, scale=scale, placement="clipped", method=method, generator=gen(0))
     assert out.dtype == dtype
     assert not torch.isnan(out).any()
     assert (out == 0).any() and (out != 0).any()
@@ -466,8 +465,9 @@ def test_torch_compile_runs():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda x: drop_block2d(x, 1.0, 3), ValueError, r"p must be in \[0, 1\), got 1.0"),
-        (lambda x: drop_block2d(x, -0.1, 3), ValueError, r"p must be in \[0, 1\), got -0.1"),
+        (lambda x: drop_block2d(x, 1.5, 3), ValueError, r"p must be in \[0, 1\], got 1.5"),
+        (lambda x: drop_block2d(x, -0.1, 3), ValueError, r"p must be in \[0, 1\], got -0.1"),
+        (lambda x: drop_block2d(x, float("nan"), 3), ValueError, r"p must be in \[0, 1\]"),
         (lambda x: drop_block2d(x, "a", 3), TypeError, "p must be a real number"),
         (lambda x: drop_block2d(x, 0.1, 0), ValueError, "block_size must be >= 1, got 0"),
         (lambda x: drop_block2d(x, 0.1, 2.5), TypeError, "block_size must be an integer"),
@@ -478,6 +478,13 @@ def test_torch_compile_runs():
         (lambda x: drop_block2d(x, 0.1, 3, gamma=1.5), ValueError, "gamma must be in"),
         (lambda x: drop_block2d(x, 0.1, 3, gamma=True), TypeError, "gamma must be"),
         (lambda x: drop_block2d(x, 0.1, 3, scale="none"), ValueError, "scale .* 'none'"),
+        (lambda x: drop_block2d(x, 0.1, 3, method="fast"), ValueError, "method .* 'fast'"),
+        (lambda x: drop_block2d(x, 0.1, 3, method=None), ValueError, "method .* None"),
+        (lambda x: drop_block2d(x, 0.1, 3, eps=-1.0), ValueError, "eps must be .* -1.0"),
+        (lambda x: drop_block2d(x, 0.1, 3, eps="a"), TypeError, "eps must be a real number"),
+        (lambda x: drop_block2d(x, 0.1, 3, "clipped"), TypeError, "inplace .* keyword-only"),
+        (lambda x: drop_block2d(x, 0.1, 3, 1), TypeError, "inplace must be a bool, got 1"),
+        (lambda x: drop_block2d(x, 0.1, 3, generator=1), TypeError, "generator"),
         (lambda x: drop_block2d(x, 0.1, 3, bogus=1), TypeError, "bogus"),
         (lambda x: drop_block1d(x, 0.1, 3), ValueError, r"3-D tensor \(N, C, L\).*\(2, 3, 8, 8\)"),
         (lambda x: drop_block3d(x, 0.1, 3), ValueError, r"5-D tensor .*\(2, 3, 8, 8\)"),

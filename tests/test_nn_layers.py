@@ -294,8 +294,8 @@ def test_block_dropout_conventions():
 
 def test_block_dropout_rejects_bad_inputs():
     x = torch.randn(4, 6)
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\), got 1.0"):
-        sdnn.BlockDropout(1.0, 2)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        sdnn.BlockDropout(1.5, 2)
     with pytest.raises(ValueError, match="p must be in"):
         F.block_dropout(x, -0.1, 2)
     with pytest.raises(TypeError, match="p must be a real number"):
@@ -709,7 +709,8 @@ def test_dropblock_eval_and_zero_rate_are_identities(cls, name, shape):
 def test_dropblock_modules_call_through_with_their_options(cls, name, shape, monkeypatch):
     calls = []
 
-    def recording(input, p, block_size, **options):
+    def recording(input, p, block_size, inplace, eps, training, **options):
+        options.update(inplace=inplace, eps=eps, training=training)
         calls.append((input, p, block_size, options))
         return input
 
@@ -725,6 +726,8 @@ def test_dropblock_modules_call_through_with_their_options(cls, name, shape, mon
         shared_channels=True,
         batchwise=False,
         inplace=True,
+        eps=0.5,
+        method="dense",
         generator=gen,
     )
     x = torch.randn(shape)
@@ -737,6 +740,8 @@ def test_dropblock_modules_call_through_with_their_options(cls, name, shape, mon
         "shared_channels": True,
         "batchwise": False,
         "inplace": True,
+        "eps": 0.5,
+        "method": "dense",
     }
     assert calls[0][:3] == (x, 0.25, block)
     assert calls[0][3] == {**options, "training": True, "generator": gen}
@@ -744,8 +749,18 @@ def test_dropblock_modules_call_through_with_their_options(cls, name, shape, mon
 
 
 def test_dropblock_modules_reject_bad_options():
-    with pytest.raises(ValueError, match="p must be in"):
-        sdnn.DropBlock2d(1.0, 3)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        sdnn.DropBlock2d(1.5, 3)
+    with pytest.raises(ValueError, match=r"method must be one of .* 'fast'"):
+        sdnn.DropBlock2d(0.1, 3, method="fast")
+    with pytest.raises(TypeError, match=r"inplace must be a bool.*keyword-only"):
+        sdnn.DropBlock2d(0.1, 3, "clipped")
+    with pytest.raises(TypeError, match="takes from 3 to 5 positional arguments"):
+        sdnn.DropBlock2d(0.1, 3, False, 1e-6, "valid")
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        sdnn.DropBlock3d(0.1, 3, eps=-1.0)
+    with pytest.raises(TypeError, match=r"block_size must be an integer, got 2\.5"):
+        sdnn.DropBlock2d(0.1, 2.5)
     with pytest.raises(ValueError, match="block_size must be >= 1"):
         sdnn.DropBlock2d(0.1, 0)
     with pytest.raises(ValueError, match="block_size must be an int or a sequence of 2"):

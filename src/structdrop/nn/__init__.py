@@ -4,6 +4,7 @@
 """
 
 from . import functional
+from .convert import convert_dropblock
 from .modules import (
     BlockDropout,
     DropBlock1d,
@@ -24,5 +25,6 @@ __all__ = [
     "DropRateSchedule",
     "DropoutPenalty",
     "StructuredDropout",
+    "convert_dropblock",
     "functional",
 ]

@@ -6,6 +6,10 @@ Every function here is exact in the sense of the paper: the masks follow the law
 input itself. Randomness comes from ``generator`` (a ``torch.Generator`` on the input's device)
 or, when it is None, from torch's default generator; masks are made on the input's device.
 
+Every function traces under ``torch.compile(fullgraph=True)`` and ``torch.export`` and runs on
+accelerators without a host sync (see ``_tracing.py``), for every built-in mask law; a law
+defined elsewhere is sampled by its own NumPy sampler, which breaks the graph.
+
 References:
     Pal, Lane, Vidal, Haeffele. On the Regularization Properties of Structured Dropout. CVPR 2020.
     Ghiasi, Lin, Le. DropBlock: A regularization method for convolutional networks. NeurIPS 2018.
@@ -35,6 +39,7 @@ from ..schemes import (
     window_incidence,
 )
 from ._dropblock import (
+    check_drop_rate,
     drop_block,
     drop_block1d,
     drop_block2d,
@@ -42,6 +47,7 @@ from ._dropblock import (
     drop_block_keep_prob,
     window_drop_prob,
 )
+from ._tracing import check_traceable_generator, host_constant, is_compiling, static_sizes
 
 __all__ = [
     "block_dropout",
@@ -116,18 +122,52 @@ def _keep_mask(
     propagation; no generator is touched)."""
     if torch.device(device).type == "meta":
         return torch.empty(tuple(shape), dtype=dtype, device=device)
+    if is_compiling():
+        # uniforms below keep_prob: a symbolic keep_prob (a layer's p changed under
+        # torch.compile) stays symbolic here, where bernoulli_ would specialize it
+        uniforms = torch.rand(tuple(shape), **_draw_options(dtype, device, generator))
+        return (uniforms < keep_prob).to(dtype)
+    if dtype == torch.bool:  # bernoulli_ into bytes, read as booleans (no copy)
+        draws = torch.empty(tuple(shape), dtype=torch.uint8, device=device)
+        return draws.bernoulli_(keep_prob, generator=generator).view(torch.bool)
     return torch.empty(tuple(shape), dtype=dtype, device=device).bernoulli_(
         keep_prob, generator=generator
     )
 
 
-@functools.lru_cache(maxsize=64)
+@host_constant
 def _incidence(d: int, block_size: int, boundary: str, device: torch.device) -> torch.Tensor:
-    """The dense (windows x units) 0/1 window incidence of a sliding block law, float32."""
+    """The dense (windows x units) 0/1 window incidence of a sliding block law, float32
+    (cached per device; trace-safe)."""
+    return _incidence_cached(d, block_size, boundary, device)
+
+
+def _draw_options(
+    dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> dict[str, Any]:
+    """Keywords of ``torch.rand`` for uniforms compared with a probability: float64 for float64
+    masks, else float32; ``generator`` only when given (``generator=None`` makes symbolic
+    sizes concrete)."""
+    options: dict[str, Any] = {"dtype": torch.float64 if dtype == torch.float64 else torch.float32}
+    options["device"] = device
+    if generator is not None:
+        options["generator"] = generator
+    return options
+
+
+@host_constant
+def _window_count(d: int, block_size: int, boundary: str) -> int:
+    """The number of candidate windows of a sliding block law (rows of its incidence)."""
+    return int(_incidence_cached(d, block_size, boundary, torch.device("cpu")).shape[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _incidence_cached(d: int, block_size: int, boundary: str, device: torch.device) -> torch.Tensor:
     dense = window_incidence(d, block_size, boundary).toarray().astype(np.float32)
     return torch.from_numpy(dense).to(device)
 
 
+@host_constant
 def _is_identity(scheme: Scheme) -> bool:
     """Whether every mask of ``scheme`` equals its mean (then ``z / mu = 1``)."""
     if isinstance(scheme, SlidingBlock):
@@ -181,7 +221,7 @@ def sample_masks(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    _mean(scheme, d)  # validates d against the scheme (block divisibility, Discrete's width)
+    _check_width(scheme, d)  # block divisibility, Discrete's width
     if device.type == "meta":  # shape propagation: no values, no random draws
         return torch.empty((*shape, d), dtype=dtype, device=device)
     n = math.prod(shape)
@@ -199,7 +239,7 @@ def sample_masks(
     if isinstance(scheme, SlidingBlock):
         incidence = _incidence(d, scheme.block_size, scheme.boundary, device)
         drops = _keep_mask(
-            (n, incidence.shape[0]),
+            (n, _window_count(d, scheme.block_size, scheme.boundary)),
             scheme.gamma,
             dtype=torch.float32,
             device=device,
@@ -208,18 +248,50 @@ def sample_masks(
         hits = drops @ incidence  # counts <= windows, exact in float32
         return (hits == 0).to(dtype).reshape(*shape, d)
     if isinstance(scheme, Discrete):
-        masks, probs = _discrete_tensors(scheme, device, dtype)
+        masks = _discrete_masks(scheme, device, dtype)
         if n == 0:
             return masks.new_empty((*shape, d))
-        index = torch.multinomial(probs, n, replacement=True, generator=generator)
-        return masks[index].reshape(*shape, d)
+        return masks[_discrete_draws(scheme, n, device, generator)].reshape(*shape, d)
     # A scheme defined elsewhere: its own NumPy sampler, seeded from the torch generator.
+    return _sample_elsewhere(scheme, shape, d, device, dtype, generator)
+
+
+@torch.compiler.disable
+def _sample_elsewhere(
+    scheme: Scheme,
+    shape: tuple[int, ...],
+    d: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Masks of a law defined elsewhere, by its NumPy sampler (eager: a graph break)."""
+    n = math.prod(shape)
     if n == 0:
         return torch.empty((*shape, d), dtype=dtype, device=device)
     seed_device = generator.device if generator is not None else torch.device("cpu")
     seed = int(torch.randint(0, 2**62, (), generator=generator, device=seed_device))
     masks = np.asarray(scheme.sample(n, d, seed), dtype=np.float64)
     return torch.as_tensor(masks, dtype=dtype, device=device).reshape(*shape, d)
+
+
+def _discrete_draws(
+    scheme: Discrete, n: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``n`` indices of a Discrete law's masks, by inversion of its cumulative probabilities:
+    ``index = #{j : cdf_j <= U}`` for ``U`` uniform in [0, 1) (float64 where the device has
+    it). No host sync, unlike ``torch.multinomial`` on some devices."""
+    cdf = _discrete_cdf(scheme, device)
+    uniforms = torch.rand(n, **_draw_options(cdf.dtype, device, generator))  # cdf's dtype
+    index = torch.searchsorted(cdf, uniforms, right=True)
+    return index.clamp_max_(cdf.numel() - 1)  # U >= cdf[-1] only by rounding of the sum
+
+
+@host_constant
+def _check_width(scheme: Scheme, d: int) -> bool:
+    """Validate ``d`` against the scheme (trace-safe: Dynamo calls it at trace time)."""
+    _mean(scheme, d)
+    return True
 
 
 @functools.lru_cache(maxsize=64)
@@ -229,19 +301,43 @@ def _mean(scheme: Scheme, d: int) -> np.ndarray:
     return mu
 
 
-@functools.lru_cache(maxsize=64)
+@host_constant
 def _mean_tensor(scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``mu`` as a tensor, made once per scheme, width, device and dtype (not per forward)."""
+    """``mu`` as a tensor, made once per scheme, width, device and dtype (not per forward;
+    trace-safe)."""
+    return _mean_tensor_cached(scheme, d, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_tensor_cached(
+    scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     return torch.from_numpy(_mean(scheme, d).copy()).to(device=device, dtype=dtype)
 
 
+@host_constant
+def _discrete_masks(scheme: Discrete, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A Discrete law's masks on ``device``, made once (not per draw; trace-safe)."""
+    return _discrete_masks_cached(scheme, device, dtype)
+
+
 @functools.lru_cache(maxsize=64)
-def _discrete_tensors(
+def _discrete_masks_cached(
     scheme: Discrete, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Discrete law's masks and probabilities on ``device``, made once (not per draw)."""
-    masks = torch.from_numpy(scheme.masks.copy()).to(device=device, dtype=dtype)
-    return masks, torch.from_numpy(scheme.probs.copy()).to(device=device)
+) -> torch.Tensor:
+    return torch.from_numpy(scheme.masks.copy()).to(device=device, dtype=dtype)
+
+
+@host_constant
+def _discrete_cdf(scheme: Discrete, device: torch.device) -> torch.Tensor:
+    """A Discrete law's cumulative probabilities on ``device`` (trace-safe)."""
+    return _discrete_cdf_cached(scheme, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _discrete_cdf_cached(scheme: Discrete, device: torch.device) -> torch.Tensor:
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    return torch.from_numpy(np.cumsum(scheme.probs)).to(device=device, dtype=dtype)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -288,7 +384,8 @@ def structured_dropout(
         raise ValueError("input must have at least one dimension (the units), got a 0-d tensor")
     if not training or _is_identity(scheme):
         return input
-    d = input.shape[-1]
+    check_traceable_generator(generator)
+    d = static_sizes(input.shape[-1:])[0]  # the width keys the cached mean: a plain int
     work = _work_dtype(input.dtype)
     mu = _mean_tensor(scheme, d, input.device, work)
     z = sample_masks(
@@ -320,7 +417,7 @@ def block_dropout(
 
     Args:
         input: floating tensor.
-        p: drop probability of each block, in [0, 1).
+        p: drop probability of each block, in [0, 1]; 1 gives zeros (as ``F.dropout``).
         block_size: ``r`` >= 1, which must divide ``input.shape[dim]``.
         dim: the feature axis.
         training: apply the masks; when False the input is returned.
@@ -334,7 +431,7 @@ def block_dropout(
         options = {"dim": dim, "training": training, "inplace": inplace, "generator": generator}
         return _fx_call(block_dropout, (input, p, block_size), options)
     input = check.check_float_tensor(input, "input")
-    p = check.check_probability(p)
+    p = check_drop_rate(p)
     r = check.check_block_size(block_size)
     dim = _check_dim(dim, input.ndim)
     generator = check.check_generator(generator)
@@ -346,6 +443,9 @@ def block_dropout(
         )
     if not training or p == 0.0:
         return input
+    if p == 1.0:
+        return input.mul_(0.0) if inplace else input * 0.0
+    check_traceable_generator(generator)
     keep = 1.0 - p
     shape = tuple(input.shape)
     blocks = (*shape[:dim], d // r, r, *shape[dim + 1 :])
@@ -401,15 +501,18 @@ def dropconnect_linear(
     :func:`structdrop.linear_penalty`); on the last matrix it is exactly Dropout's.
 
     ``per_sample=False`` draws one mask per call, shared by the batch. ``per_sample=True`` gives
-    every sample (index of the leading axes) its own mask, as in eq. 19: computed in chunks of
-    ``chunk_size`` samples, with masks regenerated in the backward pass, so memory stays at
-    ``O(chunk_size * out * in)`` in both passes; the result is exact (no approximation).
+    every sample (index of the leading axes) its own mask, as in eq. 19, computed in chunks of
+    ``chunk_size`` samples; the result is exact (no approximation). CPU eager calls regenerate
+    the masks in the backward pass from a seed, so memory stays at ``O(chunk_size * out * in)``
+    in both passes. On accelerators and under ``torch.compile`` the masks are drawn from the
+    default generator and kept for the backward pass as booleans (``N * out * in`` bytes), which
+    needs no host sync and replays correctly in a CUDA graph.
 
     Args:
         input: (..., in) floating tensor.
         weight: (out, in) weights.
         bias: (out,) bias or None.
-        p: drop probability of each weight, in [0, 1).
+        p: drop probability of each weight, in [0, 1]; 1 drops every weight (output = bias).
         per_sample: one mask per sample instead of one per call.
         training: apply the masks; when False this is ``F.linear(input, weight, bias)``.
         generator: a ``torch.Generator`` on the weight's device, or None.
@@ -428,7 +531,7 @@ def dropconnect_linear(
         }
         return _fx_call(dropconnect_linear, (input, weight, bias, p), options)
     input, weight, bias = _check_linear(input, weight, bias)
-    p = check.check_probability(p)
+    p = check_drop_rate(p)
     generator = check.check_generator(generator)
     if chunk_size is not None:
         chunk_size = check.check_positive_int(chunk_size, "chunk_size")
@@ -436,6 +539,9 @@ def dropconnect_linear(
         return torch_functional.linear(input, weight, bias)
     if input.is_meta or weight.is_meta:  # shape propagation: the output of a linear map
         return torch_functional.linear(input, weight, bias)
+    if p == 1.0:  # every weight dropped, as F.dropout(weight, 1.0)
+        return torch_functional.linear(input, weight * 0.0, bias)
+    check_traceable_generator(generator)
     keep = 1.0 - p
     if not per_sample:
         mask = _keep_mask(
@@ -445,12 +551,17 @@ def dropconnect_linear(
     out_features, in_features = weight.shape
     if chunk_size is None:
         chunk_size = max(1, DROPCONNECT_CHUNK_ELEMENTS // (out_features * in_features))
-    # Masks are regenerated in the backward pass from a generator of their own, seeded once
-    # per call from ``generator`` (or torch's default generator).
-    seed_device = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2**62, (), generator=generator, device=seed_device))
     flat = input.reshape(-1, in_features)
-    output = _PerSampleDropConnect.apply(flat, weight, bias, keep, chunk_size, seed)
+    if weight.device.type != "cpu" or is_compiling():
+        shape = (flat.shape[0], out_features, in_features)
+        masks = _keep_mask(shape, keep, dtype=torch.bool, device=weight.device, generator=generator)
+        output = _PerSampleDropConnectKept.apply(flat, weight, bias, keep, chunk_size, masks)
+    else:
+        # Masks are regenerated in the backward pass from a generator of their own, seeded
+        # once per call from ``generator`` (or torch's default generator).
+        seed_device = generator.device if generator is not None else torch.device("cpu")
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=seed_device))
+        output = _PerSampleDropConnect.apply(flat, weight, bias, keep, chunk_size, seed)
     return output.reshape(*input.shape[:-1], out_features)
 
 
@@ -473,7 +584,8 @@ def _chunk_masks(
 
 
 class _PerSampleDropConnect(torch.autograd.Function):
-    """``y_n = (M_n * W / keep) x_n + b`` with a mask per sample, in chunks of bounded memory."""
+    """``y_n = (M_n * W / keep) x_n + b`` with a mask per sample, in chunks of bounded memory,
+    the masks regenerated from ``seed`` in the backward pass (CPU eager)."""
 
     @staticmethod
     def forward(
@@ -524,6 +636,69 @@ class _PerSampleDropConnect(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         grad_bias = None
+        if ctx.has_bias and need_bias:
+            grad_bias = grad_output.sum(0, dtype=accumulate).to(grad_output.dtype)
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+def _chunks(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(n, start + chunk_size)) for start in range(0, n, chunk_size)]
+
+
+class _PerSampleDropConnectKept(torch.autograd.Function):
+    """``y_n = (M_n * W / keep) x_n + b`` with boolean masks ``M`` drawn by the caller and kept
+    for the backward pass (accelerators, ``torch.compile``): static shapes, standard random
+    operators, no host read. The masked weights exist one chunk at a time."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        keep: float,
+        chunk_size: int,
+        masks: torch.Tensor,
+    ) -> torch.Tensor:
+        scaled = weight / keep
+        if is_compiling():  # one product and sum that the compiler fuses (n may be symbolic)
+            output = (torch.where(masks, scaled, 0.0) * input.unsqueeze(1)).sum(-1)
+        else:
+            pieces = [
+                torch.bmm(
+                    torch.where(masks[start:stop], scaled, 0.0), input[start:stop].unsqueeze(-1)
+                ).squeeze(-1)
+                for start, stop in _chunks(input.shape[0], chunk_size)
+            ]
+            output = torch.cat(pieces) if pieces else input.new_empty((0, weight.shape[0]))
+        if bias is not None:
+            output = output + bias
+        ctx.save_for_backward(input, weight, masks)
+        ctx.has_bias = bias is not None
+        ctx.keep, ctx.chunk_size = keep, chunk_size
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, weight, masks = ctx.saved_tensors
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        scaled = weight / ctx.keep
+        accumulate = _work_dtype(weight.dtype)
+        chunks = [(0, None)] if is_compiling() else _chunks(input.shape[0], ctx.chunk_size)
+        inputs, weights = [], []
+        for start, stop in chunks:
+            g, mask = grad_output[start:stop], masks[start:stop]
+            if need_input:  # sum_o g_no M_noi W_oi / keep
+                inputs.append((torch.where(mask, scaled, 0.0) * g.unsqueeze(-1)).sum(1))
+            if need_weight:  # sum_n M_n * (g_n x_n^T) / keep
+                outer = g.unsqueeze(-1) * input[start:stop].unsqueeze(1)
+                weights.append(torch.where(mask, outer, 0.0).sum(0, dtype=accumulate))
+        grad_input = grad_weight = grad_bias = None
+        if need_input:
+            grad_input = torch.cat(inputs) if inputs else torch.zeros_like(input)
+        if need_weight:
+            total = torch.stack(weights).sum(0) if weights else torch.zeros_like(weight)
+            grad_weight = (total / ctx.keep).to(weight.dtype)
         if ctx.has_bias and need_bias:
             grad_bias = grad_output.sum(0, dtype=accumulate).to(grad_output.dtype)
         return grad_input, grad_weight, grad_bias, None, None, None

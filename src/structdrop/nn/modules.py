@@ -1,25 +1,32 @@
 """Structured dropout layers: thin ``torch.nn.Module`` wrappers of :mod:`.functional`.
 
-Conventions follow ``torch.nn.Dropout``: ``p`` is the drop probability, the layers act only in
-training mode (``model.eval()`` and ``p = 0`` return the input itself), ``inplace`` multiplies
-the input in place, and ``generator`` (a ``torch.Generator`` on the input's device, set at
-construction, as an attribute, or per call as ``forward(input, generator=...)``) makes the
-masks reproducible. Under ``torch.fx.symbolic_trace`` every layer is one ``call_module`` node
-(the traced graph calls the layer, so ``train()``/``eval()`` still switch it); a layer traced on
-its own is one ``call_function`` node of its functional form.
+Conventions follow ``torch.nn.Dropout``: ``p`` is the drop probability, in [0, 1] (``p = 1``
+drops everything, as ``F.dropout``), the layers act only in training mode (``model.eval()`` and
+``p = 0`` return the input itself), ``inplace`` multiplies the input in place, and ``generator``
+(a ``torch.Generator`` on the input's device, set at construction, as an attribute, or per call
+as ``forward(input, generator=...)``) makes the masks reproducible in eager mode. Every layer
+traces under ``torch.compile(fullgraph=True)`` and ``torch.export`` and runs on accelerators
+without a host sync (CUDA graphs capture it after a warm-up call). Under
+``torch.fx.symbolic_trace`` every layer is one ``call_module`` node (the traced graph calls the
+layer, so ``train()``/``eval()`` still switch it); a layer traced on its own is one
+``call_function`` node of its functional form.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import _validation as check
 from ..objectives import _penalty, penalty
 from ..schemes import Scheme
+from ._dropblock import check_drop_rate, check_inplace
+from ._tracing import check_method, host_constant, is_compiling
 from .functional import (
     block_dropout,
     drop_block1d,
@@ -80,7 +87,7 @@ class BlockDropout(nn.Module):
     :func:`structdrop.nn.functional.block_dropout`.
 
     Args:
-        p: drop probability of each block, in [0, 1).
+        p: drop probability of each block, in [0, 1] (1 gives zeros).
         block_size: units per block, which must divide the size of ``dim``.
         dim: the feature axis.
         inplace: multiply the input in place.
@@ -99,7 +106,7 @@ class BlockDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check.check_probability(p)
+        self.p = check_drop_rate(p)
         self.block_size = check.check_block_size(block_size)
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
             raise TypeError(f"dim must be an integer, got {dim!r}")
@@ -139,24 +146,38 @@ class _DropBlockNd(nn.Module):
         self,
         p: float,
         block_size: int | tuple[int, ...],
+        inplace: bool = False,
+        eps: float = 1e-6,
+        *,
         placement: str = "valid",
         gamma: str | float = "mean",
         scale: str = "expected",
         shared_channels: bool = False,
         batchwise: bool = False,
-        inplace: bool = False,
+        method: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check.check_probability(p)
+        self.p = check_drop_rate(p)
         self.block_size = _check_block_sizes(block_size, self._spatial_dims)
+        self.inplace = check_inplace(inplace)
+        self.eps = check.check_nonnegative(eps, "eps")
         self.placement = check.check_choice(placement, "placement", PLACEMENTS)
         self.gamma = check.check_gamma_rule(gamma, GAMMA_RULES)
         self.scale = check.check_choice(scale, "scale", SCALES)
         self.shared_channels = bool(shared_channels)
         self.batchwise = bool(batchwise)
-        self.inplace = bool(inplace)
+        self.method = check_method(method)
         self.generator = check.check_generator(generator)
+
+    @property
+    def drop_prob(self) -> float:
+        """``p`` under timm's and ``dropblock``'s name (their schedulers set it)."""
+        return self.p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self.p = check_drop_rate(value, "drop_prob")
 
     def _function(self) -> Any:
         raise NotImplementedError
@@ -173,13 +194,15 @@ class _DropBlockNd(nn.Module):
             input,
             self.p,
             self.block_size,
+            self.inplace,
+            self.eps,
+            self.training,
             placement=self.placement,
             gamma=self.gamma,
             scale=self.scale,
             shared_channels=self.shared_channels,
             batchwise=self.batchwise,
-            training=self.training,
-            inplace=self.inplace,
+            method=self.method,
             generator=generator if generator is not None else self.generator,
         )
 
@@ -191,6 +214,10 @@ class _DropBlockNd(nn.Module):
         for flag in ("shared_channels", "batchwise", "inplace"):
             if getattr(self, flag):
                 text += f", {flag}=True"
+        if self.scale == "batch" and self.eps != 1e-6:
+            text += f", eps={self.eps}"
+        if self.method != "auto":
+            text += f", method={self.method!r}"
         return text
 
 
@@ -203,9 +230,17 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
     (NOTES.md, sliding DropBlock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
     :func:`structdrop.nn.functional.drop_block`.
 
+    The first four arguments are torchvision's ``DropBlock2d(p, block_size, inplace, eps)``;
+    everything else is keyword-only. A CPU eager call draws only the dropped windows (sparse);
+    accelerators, ``torch.compile`` and ``torch.export`` use the dense, sync-free sampler of the
+    same law (``method``).
+
     Args:
-        p: drop probability, in [0, 1).
+        p: drop probability, in [0, 1]; 1 gives zeros, as ``F.dropout``.
         block_size: an int or a tuple of {n} ints (any value >= 1; blocks may exceed the map).
+        inplace: multiply the input in place.
+        eps: added to the number of kept units by ``scale="batch"`` (torchvision's ``eps``);
+            unused by the default ``scale="expected"``.
         placement: ``"valid"`` (default) or ``"clipped"``.
         gamma: ``"mean"`` (default: the mean drop rate over the map is exactly p),
             ``"interior"`` (units away from the border drop with rate exactly p), ``"ghiasi"``
@@ -214,11 +249,12 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
             ``"batch"`` (by the kept fraction, as torchvision and timm).
         shared_channels: one mask per sample, shared by the channels.
         batchwise: one mask for the whole batch.
-        inplace: multiply the input in place.
-        generator: a ``torch.Generator`` on the input's device, or None.
+        method: ``"auto"`` (default), ``"sparse"`` or ``"dense"``.
+        generator: a ``torch.Generator`` on the input's device, or None (not under
+            ``torch.compile``).
 
     Shape:
-        Input: ``{shape}``. Output: the same.
+        Input: ``{shape}``. Output: the same, in the input's memory format.
     """
 
 
@@ -259,7 +295,7 @@ class DropConnectLinear(nn.Linear):
     Args:
         in_features: size of each input sample.
         out_features: size of each output sample.
-        p: drop probability of each weight, in [0, 1).
+        p: drop probability of each weight, in [0, 1] (1 drops every weight).
         bias: learn an additive bias.
         per_sample: every sample its own mask (exact, computed in chunks of bounded memory)
             instead of one mask per forward shared by the batch.
@@ -285,7 +321,7 @@ class DropConnectLinear(nn.Linear):
         in_features = check.check_positive_int(in_features, "in_features")
         out_features = check.check_positive_int(out_features, "out_features")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.p = check.check_probability(p)
+        self.p = check_drop_rate(p)
         self.per_sample = bool(per_sample)
         self.chunk_size = (
             None if chunk_size is None else check.check_positive_int(chunk_size, "chunk_size")
@@ -432,4 +468,41 @@ def _dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Schem
         features = check.check_matrix(features, "features", meta=True)
         check.check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
         return _penalty(weight, features.T, scheme)
+    if is_compiling() or features.device.type != "cpu":
+        return _traceable_penalty(weight, features, scheme)
     return penalty(weight, features.T, scheme)
+
+
+def _traceable_penalty(
+    weight: torch.Tensor, features: torch.Tensor, scheme: Scheme
+) -> torch.Tensor:
+    """``<Cbar, (W^T W) * (F^T F)>`` with checks of shapes and dtypes only: no look at the
+    values, so no host sync (accelerators) and no data-dependent branch (``torch.compile``);
+    a non-finite input gives a non-finite penalty, as torch's losses do."""
+    weight = check.check_float_tensor(weight, "weight")
+    if weight.ndim != 2 or 0 in tuple(weight.shape):
+        raise ValueError(f"weight must be a non-empty 2-D matrix, got shape {tuple(weight.shape)}")
+    if 0 in tuple(features.shape):
+        raise ValueError(f"features must not be empty, got shape {tuple(features.shape)}")
+    check.check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
+    double = torch.float64 in (weight.dtype, features.dtype)
+    dtype = torch.float64 if double else torch.float32
+    weight, features = weight.to(dtype), features.to(dtype)
+    cbar = _characteristic(scheme, weight.shape[1], features.device, dtype)
+    return (cbar * (weight.T @ weight) * (features.T @ features)).sum()
+
+
+@host_constant
+def _characteristic(
+    scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``Cbar`` (eq. 16) on a device, made once per scheme, width, device and dtype."""
+    return _characteristic_cached(scheme, d, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _characteristic_cached(
+    scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    cbar = np.array(scheme.characteristic(d), dtype=np.float64)
+    return torch.from_numpy(cbar).to(device=device, dtype=dtype)

@@ -59,7 +59,9 @@ class DropRateSchedule:
     Args:
         layers: a module with ``p``; a module without one, meaning every submodule with a
             numeric ``p``; or an iterable of layers, each with ``p``.
-        stop: the final drop probability, in [0, 1).
+        stop: the final drop probability, in [0, 1); or None: every layer warms up to the
+            rate it has when the schedule is created (e.g. the per-stage rates of a timm
+            model converted by :func:`structdrop.nn.convert_dropblock`).
         steps: the number of steps of the warm-up, >= 1.
         start: the initial drop probability, in [0, 1).
 
@@ -73,24 +75,37 @@ class DropRateSchedule:
         [0.1, 0.1]
     """
 
-    def __init__(self, layers: Any, stop: float, steps: int, start: float = 0.0) -> None:
+    def __init__(self, layers: Any, stop: float | None, steps: int, start: float = 0.0) -> None:
         self.layers = _collect(layers)
         self.start = check.check_probability(start, "start")
-        self.stop = check.check_probability(stop, "stop")
+        self.stop = None if stop is None else check.check_probability(stop, "stop")
+        self.stops = self._stops()
         self.steps = check.check_positive_int(steps, "steps")
         self.last_step = 0
         self._apply()
 
+    def _stops(self) -> list[float]:
+        """Each layer's final rate: ``stop``, or the layer's own rate when ``stop`` is None."""
+        if self.stop is not None:
+            return [self.stop] * len(self.layers)
+        return [
+            check.check_probability(layer.p, f"layers[{index}].p")
+            for index, layer in enumerate(self.layers)
+        ]
+
+    def _rate(self, stop: float) -> float:
+        fraction = min(self.last_step / self.steps, 1.0)
+        return self.start + (stop - self.start) * fraction
+
     @property
     def p(self) -> float:
-        """The drop probability of the current step."""
-        fraction = min(self.last_step / self.steps, 1.0)
-        return self.start + (self.stop - self.start) * fraction
+        """The drop probability of the current step (the largest, when each layer warms up to
+        its own rate)."""
+        return self._rate(max(self.stops))
 
     def _apply(self) -> None:
-        rate = check.check_probability(self.p)  # in [start, stop] up to rounding
-        for layer in self.layers:
-            layer.p = rate
+        for layer, stop in zip(self.layers, self.stops, strict=True):
+            layer.p = check.check_probability(self._rate(stop))  # in [start, stop] up to rounding
 
     def step(self) -> float:
         """Advance one step, set ``p`` on every layer and return it."""
@@ -100,12 +115,15 @@ class DropRateSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule's state (not the layers'), for checkpoints."""
-        return {
+        state = {
             "last_step": self.last_step,
             "start": self.start,
             "stop": self.stop,
             "steps": self.steps,
         }
+        if self.stop is None:
+            state["stops"] = list(self.stops)
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict` and set ``p`` on every layer accordingly."""
@@ -118,7 +136,18 @@ class DropRateSchedule:
         if last_step < 0:
             raise ValueError(f"last_step must be >= 0, got {last_step}")
         self.start = check.check_probability(state_dict["start"], "start")
-        self.stop = check.check_probability(state_dict["stop"], "stop")
+        stop = state_dict["stop"]
+        self.stop = None if stop is None else check.check_probability(stop, "stop")
+        if self.stop is None:
+            stops = state_dict.get("stops")
+            if not isinstance(stops, list | tuple) or len(stops) != len(self.layers):
+                raise ValueError(
+                    f"state_dict must hold 'stops', one rate per layer ({len(self.layers)}), "
+                    f"when stop is None, got {stops!r}"
+                )
+            self.stops = [check.check_probability(rate, "stops") for rate in stops]
+        else:
+            self.stops = self._stops()
         self.steps = check.check_positive_int(state_dict["steps"], "steps")
         self.last_step = int(last_step)
         self._apply()

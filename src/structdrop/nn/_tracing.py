@@ -1,0 +1,102 @@
+"""What the layers need to run under ``torch.compile``, ``torch.export`` and CUDA graphs.
+
+Three rules keep every layer traceable by Dynamo with ``fullgraph=True`` and capturable in a
+CUDA graph (DESIGN.md, "Devices"):
+
+* Constants that depend only on shapes and options (window drop probabilities, exact keep
+  probabilities, characteristic matrices) are computed on the host with NumPy and cached. A
+  traced call must not step into that code (NumPy calls such as ``ndarray.setflags`` break the
+  trace), so each cache is reached through a function marked with :func:`host_constant`: Dynamo
+  calls it at trace time and bakes its result into the graph as a constant.
+* Device tensors of those constants are cached per device and dtype, so that after the first
+  call no host-to-device copy (a synchronizing operation) happens; CUDA graphs are captured after
+  a warm-up call, as usual.
+* Random draws use torch's random operators on the default generator (which CUDA graphs and the
+  compiler's random number functionalization know how to replay); no value is read back to the
+  host and no shape depends on a draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = [
+    "METHODS",
+    "check_method",
+    "check_traceable_generator",
+    "host_constant",
+    "is_compiling",
+    "static_sizes",
+    "use_dense",
+]
+
+METHODS: tuple[str, ...] = ("auto", "sparse", "dense")
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def host_constant(function: Function) -> Function:
+    """Mark ``function`` as returning a constant for given arguments (shapes, options, devices).
+
+    Eager calls are plain calls. Under ``torch.compile`` Dynamo calls the function at trace time
+    instead of tracing into it, and the result (a Python number or a tensor) becomes a constant
+    of the graph, guarded by the arguments. The function must be a plain Python function.
+    """
+    return torch.compiler.assume_constant_result(function)
+
+
+def static_sizes(sizes: Any) -> tuple[int, ...]:
+    """``sizes`` as plain ints, also when Dynamo traces them as symbolic sizes.
+
+    The host constants are keyed by sizes (spatial shapes, widths), so they need concrete
+    values: ``len(range(n))`` makes Dynamo guard on the exact value of ``n`` (a new size then
+    recompiles, as a new shape does without dynamic shapes). Batch and channel sizes are not
+    passed here and may stay symbolic.
+    """
+    return tuple(len(range(n)) for n in sizes)
+
+
+def is_compiling() -> bool:
+    """Whether the call is being traced by Dynamo or ``torch.export``."""
+    return torch.compiler.is_compiling()
+
+
+def check_method(method: Any) -> str:
+    """``"auto"``, ``"sparse"`` or ``"dense"``."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def use_dense(method: str, device: torch.device) -> bool:
+    """Whether to take the dense, sync-free path.
+
+    ``"auto"`` takes it on accelerators and whenever the call is traced (``torch.compile``,
+    ``torch.export``); CPU eager calls take the sparse path, which is faster there. An explicit
+    ``"sparse"`` or ``"dense"`` is obeyed (``"sparse"`` under ``torch.compile`` breaks the graph:
+    its number of dropped windows is random).
+    """
+    if method == "auto":
+        return device.type != "cpu" or is_compiling()
+    return method == "dense"
+
+
+GENERATOR_MESSAGE = (
+    "generator is not supported under torch.compile(fullgraph=True) (Dynamo cannot trace a "
+    "torch.Generator); pass generator=None and seed with torch.manual_seed, compile without "
+    "fullgraph, or call the layer eagerly"
+)
+
+
+def check_traceable_generator(generator: torch.Generator | None) -> None:
+    """Break the graph, with a message that names the cause, for an explicit generator.
+
+    Dynamo cannot put a ``torch.Generator`` into a graph. With ``fullgraph=True`` the message
+    is the error; otherwise the random draws that take the generator run eagerly between two
+    graphs, and the generator works.
+    """
+    if generator is not None and is_compiling():
+        torch._dynamo.graph_break(msg=GENERATOR_MESSAGE)

@@ -1,0 +1,188 @@
+"""One call to switch a torchvision, timm or ``dropblock`` model to exact DropBlock.
+
+:func:`convert_dropblock` walks a model and replaces each DropBlock layer of those packages (each
+only when its package is importable) by :class:`~structdrop.nn.DropBlock2d` or
+:class:`~structdrop.nn.DropBlock3d` with the same drop rate and block size, mapping what each
+package means by its layer onto our options. What changes is what those layers get wrong
+(NOTES.md, "What existing layers get wrong"): the window drop probability (first-order or
+under-dropping there, exact here: ``gamma="mean"`` gives the mean drop rate ``p``) and the
+scaling (the batch's kept fraction there, the exact per-unit ``1 / mu`` here).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .modules import DropBlock2d, DropBlock3d
+
+__all__ = ["convert_dropblock"]
+
+# Keyword options of our layers that ``**options`` may set (they override the mapping).
+_OPTIONS = (
+    "p",
+    "block_size",
+    "inplace",
+    "eps",
+    "placement",
+    "gamma",
+    "scale",
+    "shared_channels",
+    "batchwise",
+    "method",
+    "generator",
+)
+
+
+def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:
+    """torchvision: windows that fit in the map, one mask per channel."""
+    return {
+        "cls": DropBlock3d if three_d else DropBlock2d,
+        "p": layer.p,
+        "block_size": layer.block_size,
+        "inplace": bool(layer.inplace),
+        "eps": layer.eps,
+        "placement": "valid",
+        "shared_channels": False,
+    }
+
+
+def _timm(layer: Any, three_d: bool) -> dict[str, Any]:
+    """timm: a window centred at every unit, clipped; ``couple_channels`` shares the mask;
+    ``gamma_scale`` scales the window drop probability, i.e. (to first order) the rate."""
+    if getattr(layer, "with_noise", False):
+        raise ValueError(
+            "cannot convert a timm DropBlock2d with with_noise=True (it fills dropped blocks "
+            "with Gaussian noise, which has no counterpart here)"
+        )
+    if not getattr(layer, "scale_by_keep", True):
+        raise ValueError(
+            "cannot convert a timm DropBlock2d with scale_by_keep=False (it does not rescale "
+            "kept units; every layer here does)"
+        )
+    rate = float(getattr(layer, "gamma_scale", 1.0)) * float(layer.drop_prob)
+    return {
+        "cls": DropBlock2d,
+        "p": min(max(rate, 0.0), 1.0),
+        "block_size": layer.block_size,
+        "inplace": bool(getattr(layer, "inplace", False)),
+        "placement": "clipped",
+        "shared_channels": bool(getattr(layer, "couple_channels", True)),
+        "batchwise": bool(getattr(layer, "batchwise", False)),
+    }
+
+
+def _dropblock(layer: Any, three_d: bool) -> dict[str, Any]:
+    """``dropblock``: a window centred at every unit, one mask per sample for all channels."""
+    return {
+        "cls": DropBlock3d if three_d else DropBlock2d,
+        "p": float(layer.drop_prob),
+        "block_size": layer.block_size,
+        "placement": "clipped",
+        "shared_channels": True,
+    }
+
+
+Mapping = Callable[[Any, bool], dict[str, Any]]
+# (module, class name, 3-D, mapping); 3-D classes first (torchvision's subclasses its 2-D one).
+_KNOWN: tuple[tuple[str, str, bool, Mapping], ...] = (
+    ("torchvision.ops", "DropBlock3d", True, _torchvision),
+    ("torchvision.ops", "DropBlock2d", False, _torchvision),
+    ("timm.layers", "DropBlock2d", False, _timm),
+    ("dropblock", "DropBlock3D", True, _dropblock),
+    ("dropblock", "DropBlock2D", False, _dropblock),
+)
+
+
+def _known_classes() -> list[tuple[type, bool, Mapping]]:
+    """The DropBlock classes of the packages that import here."""
+    found = []
+    for module_name, class_name, three_d, mapping in _KNOWN:
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):
+            continue
+        found.append((cls, three_d, mapping))
+    return found
+
+
+def _replacement(layer: nn.Module, known: list, options: dict[str, Any]) -> nn.Module | None:
+    """Our layer for ``layer`` (None when it is not a known DropBlock)."""
+    for cls, three_d, mapping in known:  # 3-D classes first: they may subclass the 2-D ones
+        if isinstance(layer, cls):
+            settings = {**mapping(layer, three_d), **options}
+            new = settings.pop("cls")(settings.pop("p"), settings.pop("block_size"), **settings)
+            return new.train(layer.training)
+    return None
+
+
+def _convert_children(module: nn.Module, known: list, options: dict[str, Any]) -> None:
+    for name, child in module.named_children():
+        new = _replacement(child, known, options)
+        if new is None:
+            _convert_children(child, known, options)
+        else:
+            setattr(module, name, new)
+
+
+def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
+    """Replace, in place and recursively, every DropBlock layer of torchvision, timm and
+    ``dropblock`` in ``model`` by this library's exact layer, and return the model.
+
+    Each package is looked for only when it is importable. The mapping (``**options``
+    override any entry, e.g. ``gamma="interior"`` or ``method="dense"``):
+
+    ============================================ =========================================
+    layer                                        replacement
+    ============================================ =========================================
+    ``torchvision.ops.DropBlock2d/3d(p, b,``     ``DropBlock2d/3d(p, b, inplace, eps,``
+    ``inplace, eps)``                            ``placement="valid", shared_channels=False)``
+    timm ``DropBlock2d(drop_prob, b,``           ``DropBlock2d(min(gamma_scale * drop_prob,``
+    ``gamma_scale, inplace, couple_channels)``   ``1), b, inplace, placement="clipped",``
+                                                 ``shared_channels=couple_channels)``
+    ``dropblock.DropBlock2D/3D(drop_prob, b)``   ``DropBlock2d/3d(drop_prob, b,``
+                                                 ``placement="clipped", shared_channels=True)``
+    ============================================ =========================================
+
+    Every replacement keeps our defaults otherwise: ``gamma="mean"`` (the mean drop rate over
+    the map is exactly ``p``, where torchvision and timm use Ghiasi's first-order formula and
+    ``dropblock`` uses ``p / b^2``) and ``scale="expected"`` (each unit divided by its exact keep
+    probability instead of the batch's kept fraction). timm's ``gamma_scale`` multiplies its
+    window drop probability, which is proportional to the rate to first order, so it is folded
+    into ``p``. timm shrinks a block larger than the map to the map, while a clipped block here
+    keeps its size and is cut at the borders; both drop the whole map when the block covers it.
+    timm layers with ``with_noise=True`` or ``scale_by_keep=False`` have no counterpart and raise
+    a ``ValueError``. The new layer keeps the old one's training mode. ``drop_prob`` (the name
+    timm's and ``dropblock``'s schedulers set) is an alias of ``p`` on our layers, and
+    :class:`~structdrop.nn.DropRateSchedule` drives the converted model in one call.
+
+    Args:
+        model: any module; a model without such layers comes back unchanged.
+        **options: keyword arguments of :class:`~structdrop.nn.DropBlock2d` (also ``p`` and
+            ``block_size``) that override the mapping for every replaced layer.
+
+    Returns:
+        ``model`` itself, or the replacement when ``model`` is itself such a layer.
+
+    Example::
+
+        model = timm.create_model("resnet50", drop_block_rate=0.1)
+        sdnn.convert_dropblock(model)                     # exact DropBlock, timm's semantics
+        schedule = sdnn.DropRateSchedule(model, stop=0.1, steps=5000)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"convert_dropblock got unknown options {unknown}; the options are {list(_OPTIONS)}"
+        )
+    known = _known_classes()
+    root = _replacement(model, known, options)
+    if root is not None:
+        return root
+    _convert_children(model, known, options)
+    return model

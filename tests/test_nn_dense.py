@@ -1,0 +1,307 @@
+"""The dense (sync-free) DropBlock sampler against the exact law and against the sparse sampler.
+
+Both samplers must draw the law of ``structdrop.nn._dropblock``'s module docstring: in 1-D the
+masks of ``SlidingBlock(p, r, boundary=placement, gamma)`` (mean and covariance), in 2-D/3-D the
+exact per-unit keep probabilities ``mu = (1 - gamma)^n`` and ``E[output] = input``.
+
+Monte Carlo checks use normal z-bounds with ``Z = 5`` on 0/1 frequencies,
+``|freq - prob| <= Z sqrt(prob (1 - prob) / n)`` (two-sample: ``Z sqrt(2 prob (1 - prob) / n)``);
+one comparison fails by chance with probability 5.7e-7, and this file makes fewer than 4,000,
+so a fresh seed fails with probability below 3e-3 (union bound). Every draw is seeded: each
+run is deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import structdrop as sd
+from structdrop._validation import check_block_sizes
+from structdrop.nn import _dropblock as db
+from structdrop.nn._dropblock import (
+    drop_block,
+    drop_block2d,
+    drop_block3d,
+    drop_block_keep_prob,
+    window_drop_prob,
+)
+
+Z = 5.0
+PLACEMENTS = ("valid", "clipped")
+RULES = ("mean", "interior", "ghiasi")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def bound(prob: np.ndarray, n: int, samples: int = 1) -> np.ndarray:
+    return Z * np.sqrt(samples * prob * (1.0 - prob) / n) + 1e-12
+
+
+def kept(input_shape, p, block_size, method, seed=0, **options) -> np.ndarray:
+    """0/1 masks as float64, shape (N * C, *spatial), from an all-ones input."""
+    x = torch.ones(input_shape, dtype=torch.float64)
+    out = drop_block(x, p, block_size, method=method, generator=gen(seed), **options)
+    return (out != 0).to(torch.float64).reshape(-1, *input_shape[2:]).numpy()
+
+
+def oracle_hits(drops: torch.Tensor, geometry) -> torch.Tensor:
+    """Units covered by a dropped window, written window by window from the definition."""
+    planes = drops.shape[0] * drops.shape[1]
+    hits = torch.zeros(planes, math.prod(geometry.spatial), dtype=torch.bool)
+    where = torch.nonzero(drops.reshape(planes, -1))
+    units = db._window_units(where[:, 1], geometry)
+    for (plane, _), window in zip(where.tolist(), units, strict=True):
+        hits[plane, window] = True
+    return hits.reshape(*drops.shape[:2], *geometry.spatial)
+
+
+def exact_second_moment(spatial, block, placement, gamma) -> np.ndarray:
+    """``E[z_i z_j] = (1 - gamma)^{|W(i) | W(j)|}`` from the window incidence (NOTES.md)."""
+    geometry = db._geometry(spatial, check_block_sizes(block, len(spatial)), placement)
+    windows = db._window_units(torch.arange(math.prod(geometry.candidates)), geometry)
+    incidence = np.zeros((windows.shape[0], math.prod(spatial)))
+    for k, units in enumerate(windows.tolist()):
+        incidence[k, units] = 1.0
+    counts = incidence.sum(0)
+    union = counts[:, None] + counts[None, :] - incidence.T @ incidence
+    return (1.0 - gamma) ** union
+
+
+# ----------------------------------------------------------------------------------------------
+# Window expansion: max-pool, shifted ORs and the definition agree exactly
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(
+    ("spatial", "block"),
+    [((9,), 4), ((7, 6), (3, 2)), ((14, 14), 7), ((3, 2), 5), ((1, 1), 3), ((4, 5, 3), (2, 3, 1))],
+)
+def test_window_expansions_match_the_definition(placement, spatial, block):
+    geometry = db._geometry(spatial, check_block_sizes(block, len(spatial)), placement)
+    drops = torch.rand(2, 3, *geometry.candidates, generator=gen(1)) < 0.15
+    expected = oracle_hits(drops, geometry)
+    assert torch.equal(db._hits_by_shifts(drops, geometry), expected)
+    assert torch.equal(db._hits_by_pooling(drops.double(), geometry).bool(), expected)
+
+
+def test_large_3d_blocks_pool_axis_by_axis(monkeypatch):
+    geometry = db._geometry((6, 7, 5), (4, 5, 4), "clipped")  # volume 80 > 64: per axis
+    drops = torch.rand(2, 2, *geometry.candidates, generator=gen(2)) < 0.05
+    expected = oracle_hits(drops, geometry)
+    assert torch.equal(db._hits_by_pooling(drops.float(), geometry).bool(), expected)
+    monkeypatch.setattr(db, "_JOINT_POOL_LIMIT", 10**6)  # and jointly
+    assert torch.equal(db._hits_by_pooling(drops.float(), geometry).bool(), expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact law, dense sampler
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(("length", "block"), [(10, 3), (8, 4), (5, 7)])
+def test_dense_1d_masks_match_sliding_block_mean_and_covariance(placement, length, block):
+    p = 0.25
+    gamma = window_drop_prob(p, block, (length,), placement)
+    scheme = sd.SlidingBlock(p, block, boundary=placement, gamma=gamma)
+    z = kept((200, 100, length), p, block, "dense", seed=length, placement=placement)
+    n = z.shape[0]
+    mu, second = scheme.mean(length), scheme.second_moment(length)
+    np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, n))
+    np.testing.assert_array_less(np.abs(z.T @ z / n - second), bound(second, n))
+    cov_hat = np.cov(z, rowvar=False, bias=True)  # errors of the three terms add (first order)
+    slack = bound(second, n) + 2 * bound(mu, n)[:, None] + 2 * bound(mu, n)[None, :]
+    np.testing.assert_array_less(np.abs(cov_hat - scheme.covariance(length)), slack)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(("spatial", "block"), [((14, 14), 7), ((9, 11), (3, 4)), ((5, 6, 4), 3)])
+def test_dense_2d_3d_keep_rates_are_exact_and_output_unbiased(placement, spatial, block):
+    p = 0.15
+    x = torch.rand(*spatial, dtype=torch.float64) + 0.5
+    batch = x.expand(100, 60, *spatial)
+    out = drop_block(batch, p, block, placement=placement, method="dense", generator=gen(7))
+    gamma = window_drop_prob(p, block, spatial, placement)
+    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    values = out.reshape(-1, *spatial)
+    n = values.shape[0]
+    np.testing.assert_array_less(np.abs((values != 0).double().mean(0).numpy() - mu), bound(mu, n))
+    # E[output] = x: the standard deviation of one output is x sqrt((1 - mu) / mu)
+    spread = x.numpy() * np.sqrt((1.0 - mu) / mu)
+    error = np.abs(values.mean(0).numpy() - x.numpy())
+    np.testing.assert_array_less(error, Z * spread / math.sqrt(n) + 1e-12)
+    np.testing.assert_allclose(values.amax(0).numpy(), x.numpy() / mu, rtol=1e-12)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("options", [{}, {"shared_channels": True}, {"gamma": "interior"}])
+def test_dense_and_sparse_draw_the_same_law(placement, options):
+    p, spatial, block = 0.2, (8, 9), 3
+    dense = kept((150, 40, *spatial), p, block, "dense", 1, placement=placement, **options)
+    sparse = kept((150, 40, *spatial), p, block, "sparse", 2, placement=placement, **options)
+    gamma = window_drop_prob(p, block, spatial, placement, options.get("gamma", "mean"))
+    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    n = dense.shape[0] if not options.get("shared_channels") else 150
+    if options.get("shared_channels"):  # one mask per sample: compare one channel's masks
+        dense, sparse = dense[::40], sparse[::40]
+    np.testing.assert_array_less(np.abs(dense.mean(0) - sparse.mean(0)), bound(mu, n, 2))
+    # pairs of units agree as well, within the bound of their exact second moments
+    d, s = dense.reshape(n, -1), sparse.reshape(n, -1)
+    pair = exact_second_moment(spatial, block, placement, gamma)
+    np.testing.assert_array_less(np.abs(d.T @ d / n - s.T @ s / n), bound(pair, n, 2))
+
+
+def test_dense_sharing_options_share_masks():
+    x = torch.ones(6, 5, 8, 8)
+    out = drop_block2d(x, 0.3, 3, shared_channels=True, method="dense", generator=gen(0))
+    assert torch.equal(out, out[:, :1].expand_as(out))
+    assert not torch.equal(out[0], out[1])
+    out = drop_block2d(x, 0.3, 3, batchwise=True, method="dense", generator=gen(0))
+    assert torch.equal(out, out[:1].expand_as(out))
+    assert not torch.equal(out[0, 0], out[0, 1])
+
+
+def test_dense_batch_scale_restores_the_sum_with_eps():
+    x = torch.ones(8, 4, 10, 10)
+    for method in ("dense", "sparse"):
+        out = drop_block2d(x, 0.3, 3, scale="batch", method=method, generator=gen(0))
+        kept_units = int((out != 0).sum())
+        assert 0 < kept_units < out.numel()
+        assert float(out.sum()) == pytest.approx(out.numel(), rel=1e-5)
+        # torchvision's eps: numel / (kept + eps)
+        out = drop_block2d(x, 0.3, 3, False, 100.0, scale="batch", method=method, generator=gen(0))
+        assert float(out.sum()) == pytest.approx(out.numel() * kept_units / (kept_units + 100.0))
+
+
+def test_dense_generator_reproduces_and_float64_draws_in_float64():
+    x = torch.randn(4, 8, 12, 12, dtype=torch.float64)
+    first = drop_block2d(x, 0.2, 5, method="dense", generator=gen(3))
+    assert torch.equal(first, drop_block2d(x, 0.2, 5, method="dense", generator=gen(3)))
+    assert not torch.equal(first, drop_block2d(x, 0.2, 5, method="dense", generator=gen(4)))
+    assert first.dtype == torch.float64
+
+
+def test_four_spatial_axes_use_shifted_windows():
+    x = torch.ones(200, 10, 3, 4, 3, 2)
+    out = drop_block(x, 0.3, 2, method="dense", generator=gen(5))
+    gamma = window_drop_prob(0.3, 2, x.shape[2:])
+    mu = drop_block_keep_prob(x.shape[2:], 2, "valid", gamma).numpy()
+    z = (out != 0).double().reshape(-1, *x.shape[2:]).numpy()
+    np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, z.shape[0]))
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+def test_gradcheck_of_both_samplers(method):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+
+    def function(t):
+        return drop_block2d(t, 0.3, (2, 3), method=method, generator=gen(6))
+
+    assert torch.autograd.gradcheck(function, (x,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection of the sampler
+
+
+def test_auto_picks_sparse_on_cpu_eager_and_the_method_is_obeyed(monkeypatch):
+    calls = []
+    for name in ("_drop_block_dense", "_drop_block_sparse"):
+        original = getattr(db, name)
+
+        def record(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(db, name, record)
+    x = torch.randn(2, 3, 8, 8)
+    for method in ("auto", "sparse", "dense"):
+        drop_block2d(x, 0.2, 3, method=method)
+    assert calls == ["_drop_block_sparse", "_drop_block_sparse", "_drop_block_dense"]
+    assert db.use_dense("auto", torch.device("cuda")) and db.use_dense("auto", torch.device("mps"))
+    assert not db.use_dense("auto", torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# In-graph window drop probabilities (the traced path) equal the host's
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(
+    ("spatial", "block"), [((14, 14), 7), ((56, 56), 7), ((9,), 2), ((5, 6, 4), 9)]
+)
+def test_traced_scales_equal_the_host_values(placement, spatial, block):
+    block = check_block_sizes(block, len(spatial))
+    x = torch.ones(1, 1, *spatial, dtype=torch.float64)
+    rates = [1e-300, 1e-9, 1e-3, 0.1, 0.5, 0.9, 1.0 - 1e-12, 1.0 - 2.0**-53]
+    for rule, p in itertools.product((*RULES, 0.03), rates):
+        gamma = db._window_gamma(p, spatial, block, placement, rule)
+        traced_gamma, inverse = db._traced_scales(p, spatial, block, placement, rule, x)
+        assert float(traced_gamma) == pytest.approx(gamma, rel=1e-13, abs=0.0), (rule, p)
+        if gamma > 0.999:  # the host's 1 - gamma has lost digits: the traced t is the better
+            continue
+        host = db._inverse_keep_prob(spatial, block, placement, gamma, x.device, x.dtype)
+        # 1 / mu = exp(n t) with t = -log(1 - gamma): compare n t (1 / mu itself amplifies the
+        # rounding of gamma by n gamma / (1 - gamma))
+        torch.testing.assert_close(inverse.log(), host.log(), rtol=1e-11, atol=1e-15)
+
+
+def test_mean_rule_is_accurate_for_tiny_and_huge_rates():
+    # block 1: every unit is one window, so gamma = p exactly
+    for p in (1e-300, 1e-15, 0.3, 1.0 - 1e-15):
+        assert window_drop_prob(p, 1, (7, 7)) == pytest.approx(p, rel=1e-13)
+    gamma = window_drop_prob(1e-12, 3, (10,))
+    mu = drop_block_keep_prob((10,), 3, "valid", gamma)
+    assert float((1.0 - mu).mean()) == pytest.approx(1e-12, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory formats and p = 1 on every path
+
+FORMATS = [
+    ((3, 4, 7, 6), torch.channels_last),
+    ((3, 4, 3, 5, 4), torch.channels_last_3d),
+]
+PATHS = [
+    {"method": "sparse"},
+    {"method": "dense"},
+    {"method": "sparse", "shared_channels": True},
+    {"method": "sparse", "scale": "batch"},
+    {"method": "dense", "batchwise": True},
+]
+
+
+@pytest.mark.parametrize(("shape", "memory_format"), FORMATS, ids=["2d", "3d"])
+@pytest.mark.parametrize("options", PATHS, ids=lambda o: "-".join(map(str, o.values())))
+def test_output_and_gradient_keep_the_memory_format(shape, memory_format, options):
+    x = torch.randn(shape, dtype=torch.float64)
+    reference = drop_block(x, 0.3, 2, generator=gen(5), **options)
+    y = x.to(memory_format=memory_format).requires_grad_()
+    out = drop_block(y, 0.3, 2, generator=gen(5), **options)
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)  # same draws, same values
+    grad = torch.randn(shape, dtype=torch.float64).to(memory_format=memory_format)
+    out.backward(grad)
+    assert y.grad.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(y.grad, grad * (reference / x), rtol=1e-12, atol=0)
+    z = x.to(memory_format=memory_format)
+    assert drop_block(z, 0.3, 2, inplace=True, **options).is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_p_one_gives_zeros_as_dropout(method):
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    out = drop_block2d(x, 1.0, 3, method=method)
+    assert torch.equal(out, torch.nn.functional.dropout(x, 1.0))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    y = torch.randn(2, 3, 4, 4, 4).to(memory_format=torch.channels_last_3d)
+    assert drop_block3d(y, 1.0, 3, inplace=True) is y
+    assert torch.equal(y, torch.zeros_like(y))
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
