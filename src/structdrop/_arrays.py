@@ -137,13 +137,7 @@ def scale_back(
         if exponent:
             value = np.ldexp(value, exponent)
         result = convert(value, kind)
-    finite = (
-        bool(torch.isfinite(result.detach()).all())
-        if isinstance(result, torch.Tensor)
-        else bool(np.isfinite(result).all())
+    check_representable(
+        result, what, log10_magnitude=lambda: log10_magnitude(array, exponent), rescale=rescale
     )
-    if not finite:  # the magnitude for the message only when it is needed
-        check_representable(
-            result, what, log10_magnitude=log10_magnitude(array, exponent), rescale=rescale
-        )
     return result

@@ -12,7 +12,7 @@ import glob
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -77,17 +77,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_stale(temporary: Path, name: str | None = None) -> bool:
+    """Whether ``temporary`` is a temporary file (of destination ``name``, if given) whose
+    writer is gone: a process id that no longer runs, or none (an older naming)."""
+    destination = ".+?" if name is None else re.escape(name)
+    match = re.fullmatch(rf"\.{destination}\.(?:(?P<pid>\d+)\.)?[^.]+\.tmp", temporary.name)
+    if match is None:
+        return False
+    pid = match["pid"]
+    return pid is None or (int(pid) != os.getpid() and not _alive(int(pid)))
+
+
+def _remove_stale(candidates: Iterable[Path], name: str | None = None) -> list[Path]:
+    removed = []
+    for candidate in candidates:
+        if _is_stale(candidate, name):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def remove_stale_temporaries_under(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove every temporary file under ``folder`` (recursively) whose writer is gone: after an
     interrupted run has stopped its workers, nothing half-written is left behind."""
-    removed = []
-    for candidate in Path(folder).rglob(".*.tmp"):
-        name = candidate.name[1:].removesuffix(".tmp")
-        destination, _, _ = name.rpartition(".")  # drop the random part
-        destination, _, pid = destination.rpartition(".")
-        if destination and pid.isdigit():
-            removed += remove_stale_temporaries(candidate.parent / destination)
-    return removed
+    return _remove_stale(Path(folder).rglob(".*.tmp"))
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
@@ -97,15 +110,4 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     a process that is gone, or one without a process id, is removed.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[^.]+\.tmp")
-    removed = []
-    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        match = pattern.fullmatch(candidate.name)
-        if match is None:
-            continue
-        pid = match.group(1)
-        if pid is not None and (int(pid) == os.getpid() or _alive(int(pid))):
-            continue
-        candidate.unlink(missing_ok=True)
-        removed.append(candidate)
-    return removed
+    return _remove_stale(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), path.name)

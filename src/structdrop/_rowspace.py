@@ -85,11 +85,15 @@ class RowSpace:
 
     def expand(self, coefficients: np.ndarray) -> np.ndarray:
         """``coefficients @ qt`` (a x N)."""
+        return self.weights_and_expansion(coefficients)[1]
+
+    def weights_and_expansion(self, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(weights(coefficients), coefficients @ qt)``, sharing the work (on the Gram route
+        the expansion is the weights times X)."""
         if self.route == "svd":
-            return coefficients @ self.factor[2]
-        if self.route == "gram":
-            return self.weights(coefficients) @ self.x
-        return coefficients
+            return self.weights(coefficients), coefficients @ self.factor[2]
+        weights = self.weights(coefficients)
+        return weights, (weights @ self.x if self.route == "gram" else coefficients)
 
 
 def _tolerance(s_max: float, x: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,14 +169,19 @@ def check_result(value: Any, **inputs: np.ndarray | torch.Tensor) -> None:
 
 
 def check_representable(
-    value: np.ndarray | torch.Tensor, what: str, *, log10_magnitude: float, rescale: str
+    value: np.ndarray | torch.Tensor,
+    what: str,
+    *,
+    log10_magnitude: Callable[[], float],
+    rescale: str,
 ) -> None:
     """Raise if a result that exists mathematically does not fit its floating type.
 
     The computations behind the public functions are scale-safe (they normalize by the largest
     entry and scale back exactly), so a non-finite result here means that the true value itself
     is out of range, e.g. the squared norm of entries of size 1e200. The message names the
-    quantity, the type, the order of magnitude and which input to rescale.
+    quantity, the type, the order of magnitude (``log10_magnitude()``, computed only then) and
+    which input to rescale.
     """
     if isinstance(value, torch.Tensor):
         finite, dtype = bool(torch.isfinite(value.detach()).all()), str(value.dtype)
@@ -185,7 +190,7 @@ def check_representable(
     if not finite:
         dtype = dtype.removeprefix("torch.")
         raise ValueError(
-            f"{what} overflows {dtype} (about 1e{math.floor(log10_magnitude)}): rescale {rescale}"
+            f"{what} overflows {dtype} (about 1e{math.floor(log10_magnitude())}): rescale {rescale}"
         )
 
 

@@ -191,9 +191,8 @@ def _solve(
     coefficients = (w * x_star) @ zt  # A* = coefficients @ qt
     a = y.shape[0]
     both = np.concatenate([y_row, coefficients])  # Y P and A* from one product with X
-    both_weights = space.weights(both)
+    both_weights, expanded = space.weights_and_expansion(both)
     weights = both_weights[a:]
-    expanded = both_weights @ x if space.route == "gram" else space.expand(both)
     residual = float(np.sum((y - expanded[:a]) ** 2))  # ||Y (I - P)||^2, no cancellation
     prediction = expanded[a:]
     rank = int(np.count_nonzero(x_star > x_star[0] * x_star.size * np.finfo(float).eps))

@@ -804,10 +804,10 @@ def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> 
         with single_thread():
             result = FIGURES[name](config, folder, progress)
     except DivergenceError:
-        shutil.rmtree(folder, ignore_errors=True)
-        for empty in (out / "checkpoints", out) if fresh else (out / "checkpoints",):
+        discard_checkpoints(out, name)
+        if fresh:
             with contextlib.suppress(OSError):
-                empty.rmdir()  # only when empty
+                out.rmdir()  # only when empty
         raise
     elapsed = time.perf_counter() - start
     data = {"figure": name, "title": TITLES[name], "config": config.identity(), **result}

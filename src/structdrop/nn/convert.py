@@ -17,24 +17,14 @@ from typing import Any
 
 from torch import nn
 
+from ._dropblock import _OPTION_NAMES
 from .modules import DropBlock2d, DropBlock3d
 
 __all__ = ["convert_dropblock"]
 
 # Keyword options of our layers that ``**options`` may set (they override the mapping).
-_OPTIONS = (
-    "p",
-    "block_size",
-    "inplace",
-    "eps",
-    "placement",
-    "gamma",
-    "scale",
-    "shared_channels",
-    "batchwise",
-    "method",
-    "generator",
-)
+#: What ``convert_dropblock`` may set: the layer's arguments (``training`` is the module's mode).
+_OPTIONS = ("p", "block_size", *(name for name in _OPTION_NAMES if name != "training"))
 
 
 def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:
