@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import structdrop as sd
 from structdrop import CheckpointError
 from structdrop._checkpoint import load_checkpoint
-from structdrop.experiments import deep
+from structdrop.experiments import deep, report
 from structdrop.experiments.deep import DeepConfig
 from structdrop.experiments.deep_data import MissingDataError, load_images
 
@@ -171,7 +171,7 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert all(value >= minimum * (1 - 1e-9) for value in history["objective"])
     assert data["gap"] >= 0
     assert len(data["final"]["singular_values"]) == 10
-    section = deep.report_section(data)
+    section = report.deep_section(data)
     assert "![Figure 2](fig2.png)" in section
     assert "Verdict" in section and "theoretical minimum" in section
     # A second call reuses the results.

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+Seed = np.random.Generator | int | None
+
+
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch (no tensor can exist before
+    torch is imported, so the NumPy-only core never loads it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 __all__ = [
+    "Seed",
+    "as_generator",
     "check_array",
     "check_block_divides",
     "check_block_size",
@@ -33,7 +47,6 @@ __all__ = [
     "check_representable",
     "check_result",
     "check_same",
-    "check_scheme",
 ]
 
 
@@ -86,7 +99,7 @@ def check_not_meta(array: Any, name: str) -> None:
     """Refuse a meta tensor (``device="meta"``): it has a shape and a dtype but no values, so
     nothing numerical can be computed from it (the layers of :mod:`structdrop.nn` do accept
     meta inputs, for shape propagation; the maths functions cannot)."""
-    if isinstance(array, torch.Tensor) and array.is_meta:
+    if _is_tensor(array) and array.is_meta:
         raise ValueError(
             f"{name} is a meta tensor (it has a shape but no values); pass a tensor on a real "
             f"device, got shape {tuple(array.shape)} on device 'meta'"
@@ -96,8 +109,9 @@ def check_not_meta(array: Any, name: str) -> None:
 def check_finite(array: np.ndarray | torch.Tensor, name: str) -> None:
     """Refuse NaN and infinities, saying where the first one is (and meta tensors, which have
     no values to check)."""
-    if isinstance(array, torch.Tensor):
+    if _is_tensor(array):
         check_not_meta(array, name)
+        torch = sys.modules["torch"]
         bad = ~torch.isfinite(array.detach())
         if bool(bad.any()):
             index = tuple(int(i) for i in torch.nonzero(bad)[0])
@@ -110,8 +124,8 @@ def check_finite(array: np.ndarray | torch.Tensor, name: str) -> None:
 
 
 def _is_real(array: np.ndarray | torch.Tensor) -> bool:
-    if isinstance(array, torch.Tensor):
-        return array.dtype != torch.bool and not array.is_complex()
+    if _is_tensor(array):
+        return array.dtype != sys.modules["torch"].bool and not array.is_complex()
     return array.dtype.kind in "iuf"
 
 
@@ -125,14 +139,14 @@ def check_array(
     Meta tensors are refused (see :func:`check_not_meta`) unless ``meta=True``, which the layers
     use for shape propagation: a meta tensor then gets the shape and dtype checks only.
     """
-    if not isinstance(array, torch.Tensor | np.ndarray):
+    if not (_is_tensor(array) or isinstance(array, np.ndarray)):
         try:
             array = np.asarray(array, dtype=np.float64)
         except (TypeError, ValueError) as error:
             raise TypeError(
                 f"{name} must be a NumPy array or torch tensor, got {type(array).__name__}"
             ) from error
-    is_meta = isinstance(array, torch.Tensor) and array.is_meta
+    is_meta = _is_tensor(array) and array.is_meta
     if not (meta and is_meta):
         check_not_meta(array, name)
     if not _is_real(array):
@@ -157,8 +171,8 @@ def check_matrix(
 def check_result(value: Any, **inputs: np.ndarray | torch.Tensor) -> None:
     """Raise if a computed ``value`` is not finite: name the first non-finite input, or say that
     the computation overflowed. One scalar test instead of a scan of every input."""
-    if isinstance(value, torch.Tensor):
-        finite = bool(torch.isfinite(value.detach()).all())
+    if _is_tensor(value):
+        finite = bool(sys.modules["torch"].isfinite(value.detach()).all())
     else:
         finite = bool(np.isfinite(value).all())
     if finite:
@@ -183,7 +197,8 @@ def check_representable(
     quantity, the type, the order of magnitude (``log10_magnitude()``, computed only then) and
     which input to rescale.
     """
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
+        torch = sys.modules["torch"]
         finite, dtype = bool(torch.isfinite(value.detach()).all()), str(value.dtype)
     else:
         finite, dtype = bool(np.isfinite(value).all()), str(np.asarray(value).dtype)
@@ -207,17 +222,28 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_scheme(scheme: Any) -> Any:
-    """A :class:`structdrop.Scheme` (imported lazily: schemes import this module)."""
-    from .schemes import Scheme
+def as_generator(generator: Seed) -> np.random.Generator:
+    """A NumPy generator from a generator, an integer seed, or None (fresh entropy).
 
-    if not isinstance(scheme, Scheme):
-        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
-    return scheme
+    The global NumPy random state is never touched.
+    """
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if generator is None or (
+        isinstance(generator, int | np.integer) and not isinstance(generator, bool)
+    ):
+        if generator is not None and generator < 0:
+            raise ValueError(f"seed must be >= 0, got {generator}")
+        return np.random.default_rng(generator)
+    raise TypeError(
+        f"generator must be a numpy.random.Generator, an int seed or None, got {generator!r}"
+    )
 
 
 def check_generator(generator: Any) -> torch.Generator | None:
     """A ``torch.Generator`` or None."""
+    import torch
+
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     return generator
@@ -225,7 +251,7 @@ def check_generator(generator: Any) -> torch.Generator | None:
 
 def check_float_tensor(value: Any, name: str) -> torch.Tensor:
     """A floating-point torch tensor."""
-    if not isinstance(value, torch.Tensor):
+    if not _is_tensor(value):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")

@@ -26,7 +26,8 @@ import torch
 from . import _validation as check
 from ._arrays import Array, Kind, common_kind, convert, scalar, to_numpy
 from ._threads import small_work
-from .schemes import DropConnect, Scheme, as_generator
+from ._validation import as_generator
+from .schemes import DropConnect, Scheme, check_scheme
 
 __all__ = [
     "Gram",
@@ -81,7 +82,7 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
     Returns:
         The penalty, a scalar of the inputs' kind.
     """
-    scheme = check.check_scheme(scheme)
+    scheme = check_scheme(scheme)
     U = check.check_matrix(U, "U")
     G = check.check_matrix(G, "G")
     check.check_same(U.shape[1], G.shape[0], "U's columns must match G's rows (d)")
@@ -160,11 +161,11 @@ class Gram:
         j of X: Thm 4.1's ``sum_k ||u_k||^2 ||X^T v_k||^2`` holds only when ``X X^T`` is diagonal
         (NOTES.md).
         """
-        return self._evaluate(U, V, check.check_scheme(scheme), fit=False)
+        return self._evaluate(U, V, check_scheme(scheme), fit=False)
 
     def expected_loss(self, U: Array, V: Array, scheme: Scheme) -> Array:
         """``E ||Y - U diag(mu)^-1 diag(z) V^T X||^2 = fit + penalty`` (eq. 4, eq. 14)."""
-        return self._evaluate(U, V, check.check_scheme(scheme), fit=True)
+        return self._evaluate(U, V, check_scheme(scheme), fit=True)
 
     def _evaluate(self, U: Array, V: Array, scheme: Scheme | None, *, fit: bool) -> Array:
         """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
@@ -251,7 +252,7 @@ def sampled_loss(
     Returns:
         ``MonteCarloEstimate(mean, stderr)`` as Python floats.
     """
-    scheme = check.check_scheme(scheme)
+    scheme = check_scheme(scheme)
     num_samples = check.check_positive_int(num_samples, "num_samples")
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}")

@@ -22,38 +22,24 @@ import numpy as np
 import scipy.sparse as sparse
 
 from . import _validation as check
+from ._validation import Seed, as_generator
 
 __all__ = [
     "Bernoulli",
     "Discrete",
     "DropConnect",
+    "DroppedWindows",
+    "FiniteMasks",
     "GridBlock",
+    "IndependentBlocks",
     "Scheme",
     "SlidingBlock",
     "as_generator",
+    "check_scheme",
 ]
 
 Boundary = Literal["valid", "clipped", "ring"]
 BOUNDARIES: tuple[str, ...] = ("valid", "clipped", "ring")
-Seed = np.random.Generator | int | None
-
-
-def as_generator(generator: Seed) -> np.random.Generator:
-    """A NumPy generator from a generator, an integer seed, or None (fresh entropy).
-
-    The global NumPy random state is never touched.
-    """
-    if isinstance(generator, np.random.Generator):
-        return generator
-    if generator is None or (
-        isinstance(generator, int | np.integer) and not isinstance(generator, bool)
-    ):
-        if generator is not None and generator < 0:
-            raise ValueError(f"seed must be >= 0, got {generator}")
-        return np.random.default_rng(generator)
-    raise TypeError(
-        f"generator must be a numpy.random.Generator, an int seed or None, got {generator!r}"
-    )
 
 
 class Scheme(abc.ABC):
@@ -73,6 +59,34 @@ class Scheme(abc.ABC):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
             Scheme._laws[cls.__name__] = cls
+
+
+    #: Where the masks fall: ``"units"`` (a mask per hidden unit, scaled by ``1 / mu``) or
+    #: ``"weights"`` (a mask per entry of a weight matrix: DropConnect).
+    acts_on: ClassVar[Literal["units", "weights"]] = "units"
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether every mask equals its mean, so that ``z / mu = 1`` and dropping does nothing."""
+        return False
+
+    @property
+    def sampler(self) -> Sampler | None:
+        """How the law is drawn (:class:`IndependentBlocks`, :class:`DroppedWindows` or
+        :class:`FiniteMasks`), for samplers outside this module such as the torch layers; None
+        for a law that only its own :meth:`sample` can draw."""
+        return None
+
+    def on_units(self) -> Scheme:
+        """The law on the hidden units that induces the same regularizer when the masks fall on
+        the last weight matrix ``U`` (Thm 3.1): the law itself, but for DropConnect, whose iid
+        masks on ``U``'s entries regularize as Dropout does (NOTES.md)."""
+        return self
+
+    def check_width(self, d: int) -> int:
+        """``d`` as the number of units of a mask, or a ValueError saying why the law cannot act
+        on ``d`` units (e.g. GridBlock's block size must divide it)."""
+        return check.check_positive_int(d, "d")
 
     def to_dict(self) -> dict[str, Any]:
         """The law's identity as a JSON-able dict: ``{"law": name, **parameters}``.
@@ -145,11 +159,8 @@ class Scheme(abc.ABC):
             generator: a ``numpy.random.Generator``, an integer seed, or None.
         """
         n = check.check_positive_int(n, "n")
-        d = self._check_width(d)
+        d = self.check_width(d)
         return self._sample(n, d, as_generator(generator))
-
-    def _check_width(self, d: int) -> int:
-        return check.check_positive_int(d, "d")
 
 
 @dataclass(frozen=True)
@@ -165,12 +176,20 @@ class _Independent(Scheme):
     def keep_prob(self) -> float:
         return 1.0 - self.p
 
+    @property
+    def is_identity(self) -> bool:
+        return self.p == 0.0
+
+    @property
+    def sampler(self) -> Sampler:
+        return IndependentBlocks(self.keep_prob, 1)
+
     def mean(self, d: int) -> np.ndarray:
-        return np.full(self._check_width(d), self.keep_prob)
+        return np.full(self.check_width(d), self.keep_prob)
 
     def second_moment(self, d: int) -> np.ndarray:
         theta = self.keep_prob
-        d = self._check_width(d)
+        d = self.check_width(d)
         return np.full((d, d), theta * theta) + np.diag(np.full(d, theta - theta * theta))
 
     def _sample(self, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -203,6 +222,11 @@ class DropConnect(_Independent):
         p: drop probability of each weight, in [0, 1).
     """
 
+    acts_on: ClassVar[Literal["units", "weights"]] = "weights"
+
+    def on_units(self) -> Scheme:
+        return Bernoulli(self.p)
+
 
 @dataclass(frozen=True)
 class GridBlock(Scheme):
@@ -229,16 +253,24 @@ class GridBlock(Scheme):
     def keep_prob(self) -> float:
         return 1.0 - self.p
 
-    def _check_width(self, d: int) -> int:
+    @property
+    def is_identity(self) -> bool:
+        return self.p == 0.0
+
+    @property
+    def sampler(self) -> Sampler:
+        return IndependentBlocks(self.keep_prob, self.block_size)
+
+    def check_width(self, d: int) -> int:
         d = check.check_positive_int(d, "d")
         check.check_block_divides(self.block_size, d)
         return d
 
     def mean(self, d: int) -> np.ndarray:
-        return np.full(self._check_width(d), self.keep_prob)
+        return np.full(self.check_width(d), self.keep_prob)
 
     def second_moment(self, d: int) -> np.ndarray:
-        d = self._check_width(d)
+        d = self.check_width(d)
         theta, r = self.keep_prob, self.block_size
         same_block = np.kron(np.eye(d // r), np.ones((r, r)))
         return theta * theta + (theta - theta * theta) * same_block
@@ -318,9 +350,17 @@ class SlidingBlock(Scheme):
     def keep_prob(self) -> float:
         return 1.0 - self.p
 
+    @property
+    def is_identity(self) -> bool:
+        return self.gamma == 0.0
+
+    @property
+    def sampler(self) -> Sampler:
+        return DroppedWindows(float(self.gamma), self.block_size, self.boundary)
+
     def windows(self, d: int) -> sparse.csr_matrix:
         """The window incidence matrix for d units (see :func:`window_incidence`)."""
-        return window_incidence(self._check_width(d), self.block_size, self.boundary)
+        return window_incidence(self.check_width(d), self.block_size, self.boundary)
 
     def mean(self, d: int) -> np.ndarray:
         counts = np.asarray(self.windows(d).sum(axis=0)).ravel()
@@ -409,18 +449,73 @@ class Discrete(Scheme):
         """The mean of the masks over units and law (the keep rate for 0/1 masks)."""
         return float(self._mu.mean())
 
-    def _check_width(self, d: int) -> int:
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.all(self.masks == self.masks[0]))
+
+    @property
+    def sampler(self) -> Sampler:
+        return FiniteMasks(self.masks, self.probs)
+
+    def check_width(self, d: int) -> int:
         d = check.check_positive_int(d, "d")
         check.check_same(d, self.masks.shape[1], "d must equal the number of columns of masks")
         return d
 
     def mean(self, d: int) -> np.ndarray:
-        self._check_width(d)
+        self.check_width(d)
         return self._mu.copy()
 
     def second_moment(self, d: int) -> np.ndarray:
-        self._check_width(d)
+        self.check_width(d)
         return (self.masks.T * self.probs) @ self.masks
 
     def _sample(self, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
         return self.masks[rng.choice(self.masks.shape[0], size=n, p=self.probs)].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# How a law is drawn: the recipes that samplers elsewhere (torch layers, Algorithm 1) follow
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndependentBlocks:
+    """Blocks of ``block_size`` consecutive units, each kept whole with probability
+    ``keep_prob``, independently (Dropout: blocks of 1; the paper's grid DropBlock: blocks of r).
+    """
+
+    keep_prob: float
+    block_size: int
+
+
+@dataclass(frozen=True)
+class DroppedWindows:
+    """Every candidate window of :func:`window_incidence` is dropped with probability ``gamma``,
+    independently; a unit is kept iff no dropped window covers it."""
+
+    gamma: float
+    block_size: int
+    boundary: str
+
+    def incidence(self, d: int) -> sparse.csr_matrix:
+        """The windows for ``d`` units (windows x units)."""
+        return window_incidence(d, self.block_size, self.boundary)
+
+
+@dataclass(frozen=True, eq=False)
+class FiniteMasks:
+    """Row ``j`` of ``masks`` with probability ``probs[j]`` (read-only arrays)."""
+
+    masks: np.ndarray
+    probs: np.ndarray
+
+
+Sampler = IndependentBlocks | DroppedWindows | FiniteMasks
+
+
+def check_scheme(scheme: Any) -> Scheme:
+    """A :class:`Scheme`, or a TypeError naming what was passed instead."""
+    if not isinstance(scheme, Scheme):
+        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    return scheme

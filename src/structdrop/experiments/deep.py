@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import math
 import os
 import platform
@@ -54,7 +53,7 @@ from .._files import remove_stale_temporaries
 from ..ksupport import ksupport_norm, prox_ksupport_sq
 from ..optimum import regularization_strength
 from ..schemes import Bernoulli, DropConnect, GridBlock, Scheme, SlidingBlock
-from . import _io
+from . import _io, plots, report
 from .deep_data import DATASETS, ImageData, MissingDataError, load_images
 
 __all__ = [
@@ -70,8 +69,6 @@ __all__ = [
     "evaluate",
     "main",
     "make_scheme",
-    "plot_fig2",
-    "report_section",
     "run_deep",
     "theoretical_minimum",
     "train",
@@ -801,7 +798,7 @@ def run_deep(
         progress: show a progress bar.
 
     Returns:
-        The JSON data (see :func:`report_section`).
+        The JSON data (see :func:`structdrop.experiments.report.deep_section`).
     """
     out = Path(out)
     procs = _processes(config)
@@ -811,7 +808,7 @@ def run_deep(
     cached = None if force else _cached_results(json_path, config)
     if cached is not None:
         if procs.main and not figure_path.exists():
-            plot_fig2(cached, figure_path)
+            _io.write_bytes(figure_path, plots.render("fig2", cached, dpi=120))
         return cached
     if force and procs.main:
         checkpoint.unlink(missing_ok=True)
@@ -821,7 +818,7 @@ def run_deep(
     data = _io.to_jsonable(_results(config, result))
     if procs.main:
         _io.write_json(json_path, data)
-        plot_fig2(data, figure_path)
+        _io.write_bytes(figure_path, plots.render("fig2", data, dpi=120))
         _io.record_timing(out, _name(config), _timing(config, result, procs))
         checkpoint.unlink(missing_ok=True)
         remove_stale_temporaries(checkpoint)
@@ -849,135 +846,6 @@ def _cached_results(path: Path, config: DeepConfig) -> dict[str, Any] | None:
             "with --force"
         )
     return cached if cached.get("config") == _io.normalized(config.identity()) else None
-
-
-def plot_fig2(data: dict[str, Any], path: Path) -> None:
-    """The paper's Fig. 2 layout: objective vs iterations (left), singular values (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    history, theory, final = data["history"], data["theory"], data["final"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    steps = np.arange(1, len(history["step_loss"]) + 1)
-    left.semilogy(
-        steps, history["step_loss"], color="0.75", lw=0.8, label="stochastic (batch x N/B)"
-    )
-    left.semilogy(
-        history["eval_step"], history["objective"], "o-", ms=3, label="deterministic (eq. 14)"
-    )
-    if theory is not None:
-        left.axhline(theory["value"], color="k", ls="--", lw=1, label="theoretical minimum")
-    left.set_xlabel("iteration")
-    left.set_ylabel("objective")
-    left.legend(fontsize=8)
-    left.set_title(f"{data['dataset']['name']}: {Scheme.from_dict(data['scheme'])}", fontsize=9)
-
-    index = np.arange(1, len(final["singular_values"]) + 1)
-    right.plot(index, final["singular_values"], "o", label="trained U G")
-    if theory is not None:
-        right.plot(
-            np.arange(1, len(theory["singular_values"]) + 1),
-            theory["singular_values"],
-            "x--",
-            color="k",
-            label="predicted (prox of Y)",
-        )
-        right.plot(
-            np.arange(1, len(theory["target_singular_values"]) + 1),
-            theory["target_singular_values"],
-            ":",
-            color="0.6",
-            label="Y (sqrt class counts)",
-        )
-    right.set_xlabel("index")
-    right.set_ylabel("singular value")
-    right.set_ylim(bottom=0)
-    right.legend(fontsize=8)
-    right.set_title("singular values of the predictions", fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    _io.write_bytes(path, buffer.getvalue())
-
-
-def _verdict(data: dict[str, Any]) -> str:
-    gap = data["gap"]
-    if gap is None:
-        return (
-            "no closed-form prediction for this scheme (Thm 2.7 covers Dropout and grid "
-            "DropBlock); the objective is shown without a bound."
-        )
-    if gap < -1e-6:
-        return f"**error**: the objective is {-gap:.2%} below its lower bound; this is a bug."
-    error = data["singular_value_error"]
-    if gap <= 0.05:
-        return (
-            f"**holds after correction**: the trained network's deterministic objective is "
-            f"within {gap:.1%} of the theoretical minimum (Prop. 3.3 with its 1/d restored, "
-            f"Thm 2.7 corrected) and its singular values match the prediction to {error:.1%} "
-            "of the largest."
-        )
-    if gap <= 0.25:
-        return (
-            f"**close**: the objective is {gap:.1%} above the theoretical minimum (singular "
-            f"values within {error:.1%}); a longer run (--epochs) gets closer."
-        )
-    return (
-        f"**not converged**: the objective is {gap:.0%} above the theoretical minimum; the run "
-        "is too short (e.g. --quick); train longer (--epochs)."
-    )
-
-
-def report_section(data: dict[str, Any]) -> str:
-    """The Markdown section of REPORT.md for Fig. 2: figure, numbers and verdict."""
-    config, final, theory = data["config"], data["final"], data["theory"]
-    dataset, scheme = data["dataset"], Scheme.from_dict(data["scheme"])
-    lines = [
-        "## Figure 2: ResNet with structured dropout on the last hidden layer (Sec. 5.2)",
-        "",
-        f"![Figure 2]({data['figure']})",
-        "",
-        f"`{config['trunk']}` trunk -> Linear(., {config['width']}) -> `{scheme}` -> "
-        f"Linear({config['width']}, {dataset['classes']}), squared loss summed over samples, on "
-        f"{dataset['train_size']} `{dataset['name']}` training images "
-        f"({dataset['image_size']}x{dataset['image_size']}), {config['epochs']} epochs of Adam "
-        f"(batch {config['batch_size']}, seed {config['seed']}). The deterministic objective is "
-        "`||Y - U G||^2 + <Cbar, U^T U * G G^T>` on the training set (Thm 3.1, eq. 14-15); the "
-        "theory is the minimum of `||Y - A||^2 + beta ||A||_(r)^2` (sufficient capacity: "
-        "Prop. 3.3 with its missing 1/d restored, Thm 2.7 corrected; see NOTES.md).",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| final deterministic objective | {final['objective']:.6g} |",
-        f"| of which fit / penalty | {final['fit']:.6g} / {final['penalty']:.6g} |",
-    ]
-    if theory is not None:
-        predicted = ", ".join(f"{v:.3f}" for v in theory["singular_values"])
-        trained = ", ".join(f"{v:.3f}" for v in final["singular_values"])
-        lines += [
-            f"| theoretical minimum (beta = {theory['beta']:.4g}, r = {theory['block_size']}) "
-            f"| {theory['value']:.6g} |",
-            f"| relative gap (objective - minimum) / minimum | {data['gap']:.2%} |",
-            f"| singular values, predicted | {predicted} |",
-            f"| singular values, trained | {trained} |",
-            f"| max singular value error / largest | {data['singular_value_error']:.2%} |",
-        ]
-    if data.get("balance") is not None:
-        lines.append(
-            f"| block balance std/mean of `||U_i G_i||_F` (Thm 2.5: 0 at optimum) "
-            f"| {data['balance']:.3f} |"
-        )
-    lines += [
-        "",
-        "How long it took, and on which device: `timings.json`.",
-        "",
-        f"Verdict: {_verdict(data)}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1085,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = run_deep(config, options.out, force=options.force, progress=not options.no_progress)
         if not distributed or dist.get_rank() == 0:
-            print(report_section(data))
+            print(report.deep_section(data))
     except (MissingDataError, _io.InputError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

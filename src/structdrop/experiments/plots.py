@@ -1,4 +1,4 @@
-"""Figures of the synthetic experiments, drawn from their JSON data (one function per figure).
+"""Figures of the experiments, drawn from their JSON data (one function per figure).
 
 Uses matplotlib's object API (``Figure``, no pyplot): no global state, no display needed.
 :func:`render` returns PNG bytes; the caller writes them atomically.
@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from ..schemes import Scheme
 
 __all__ = ["render"]
 
@@ -247,8 +249,53 @@ def gap(data: dict[str, Any]) -> Figure:
     return figure
 
 
+def fig2(data: dict[str, Any]) -> Figure:
+    """The paper's Fig. 2 layout: objective vs iterations (left), singular values (right)."""
+    history, theory, final = data["history"], data["theory"], data["final"]
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    steps = np.arange(1, len(history["step_loss"]) + 1)
+    left.semilogy(
+        steps, history["step_loss"], color="0.75", lw=0.8, label="stochastic (batch x N/B)"
+    )
+    left.semilogy(
+        history["eval_step"], history["objective"], "o-", ms=3, label="deterministic (eq. 14)"
+    )
+    if theory is not None:
+        left.axhline(theory["value"], color="k", ls="--", lw=1, label="theoretical minimum")
+    left.set_xlabel("iteration")
+    left.set_ylabel("objective")
+    left.legend(fontsize=8)
+    left.set_title(f"{data['dataset']['name']}: {Scheme.from_dict(data['scheme'])}", fontsize=9)
+
+    index = np.arange(1, len(final["singular_values"]) + 1)
+    right.plot(index, final["singular_values"], "o", label="trained U G")
+    if theory is not None:
+        right.plot(
+            np.arange(1, len(theory["singular_values"]) + 1),
+            theory["singular_values"],
+            "x--",
+            color="k",
+            label="predicted (prox of Y)",
+        )
+        right.plot(
+            np.arange(1, len(theory["target_singular_values"]) + 1),
+            theory["target_singular_values"],
+            ":",
+            color="0.6",
+            label="Y (sqrt class counts)",
+        )
+    right.set_xlabel("index")
+    right.set_ylabel("singular value")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=8)
+    right.set_title("singular values of the predictions", fontsize=9)
+    return figure
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], Figure]] = {
     "fig1": fig1,
+    "fig2": fig2,
     "fig3": dropconnect,
     "fig4": fig4,
     "fig5": fig5,

@@ -23,8 +23,9 @@ import numpy as np
 from .. import _validation as check
 from .._arrays import to_numpy
 from .._checkpoint import check_array, load_checkpoint, save_checkpoint
+from .._validation import as_generator
 from ..objectives import Gram
-from ..schemes import DropConnect, Scheme, as_generator
+from ..schemes import DropConnect, Scheme
 from . import _engine
 
 __all__ = ["DivergenceError", "Trajectory", "fit_sgd", "record_points", "safe_learning_rate"]

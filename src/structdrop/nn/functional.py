@@ -36,6 +36,7 @@ from ..schemes import (
     GridBlock,
     Scheme,
     SlidingBlock,
+    check_scheme,
     window_incidence,
 )
 from ._dropblock import (
@@ -214,7 +215,7 @@ def sample_masks(
     Returns:
         A tensor of shape ``(*batch_shape, d)`` (uninitialized on the meta device).
     """
-    scheme = check.check_scheme(scheme)
+    scheme = check_scheme(scheme)
     shape = _check_batch_shape(batch_shape)
     d = check.check_positive_int(d, "d")
     generator = check.check_generator(generator)
@@ -378,7 +379,7 @@ def structured_dropout(
         options = {"training": training, "generator": generator, "inplace": inplace}
         return _fx_call(structured_dropout, (input, scheme), options)
     input = check.check_float_tensor(input, "input")
-    scheme = check.check_scheme(scheme)
+    scheme = check_scheme(scheme)
     generator = check.check_generator(generator)
     if input.ndim == 0:
         raise ValueError("input must have at least one dimension (the units), got a 0-d tensor")

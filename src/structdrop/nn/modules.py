@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import _validation as check
 from ..objectives import _penalty, penalty
-from ..schemes import Scheme
+from ..schemes import Scheme, check_scheme
 from ._dropblock import check_drop_rate, check_inplace
 from ._tracing import check_method, host_constant, is_compiling
 from .functional import (
@@ -381,7 +381,7 @@ class StructuredDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.scheme = check.check_scheme(scheme)
+        self.scheme = check_scheme(scheme)
         self.inplace = bool(inplace)
         self.generator = check.check_generator(generator)
 
@@ -429,7 +429,7 @@ class DropoutPenalty(nn.Module):
 
     def __init__(self, scheme: Scheme) -> None:
         super().__init__()
-        self.scheme = check.check_scheme(scheme)
+        self.scheme = check_scheme(scheme)
 
     def forward(self, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``structdrop.penalty(weight, features.T, scheme)``.
