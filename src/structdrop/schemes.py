@@ -88,6 +88,11 @@ class Scheme(abc.ABC):
         on ``d`` units (e.g. GridBlock's block size must divide it)."""
         return check.check_positive_int(d, "d")
 
+    @classmethod
+    def laws(cls) -> dict[str, type[Scheme]]:
+        """Every concrete law by the name that :meth:`to_dict` gives it (``"Bernoulli"``, ...)."""
+        return dict(Scheme._laws)
+
     def to_dict(self) -> dict[str, Any]:
         """The law's identity as a JSON-able dict: ``{"law": name, **parameters}``.
 
