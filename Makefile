@@ -17,6 +17,7 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/structdrop reproduce synthetic --out results
 	$(BIN)/structdrop reproduce deep --out results
+	$(BIN)/structdrop reproduce deep --dataset mnist --image-size 16 --epochs 50 --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

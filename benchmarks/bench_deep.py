@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from structdrop.experiments.deep import DeepConfig, _generator, build_model
+from structdrop.experiments.deep import DeepConfig, build_model, stream_generator
 
 
 def _step(
@@ -76,7 +76,7 @@ def main() -> None:
 
     def global_masks(_: torch.Tensor | None) -> None:
         ones = torch.ones(options.batch_size, config.width)
-        scale = model.dropout(ones, generator=_generator(0, 2, next(counter)))
+        scale = model.dropout(ones, generator=stream_generator(0, 2, next(counter)))
         layer_step(scale.to(device))
 
     steps["global masks"] = global_masks

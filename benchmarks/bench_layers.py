@@ -6,7 +6,7 @@
    the memory-bandwidth floor. CPU: (32, 256, 14, 14) and (32, 64, 56, 56) in float32, eager.
    CUDA: those and (128, 256, 28, 28), float32 and bfloat16, eager and compiled
    (``torch.compile(fullgraph=True)``, ours against the others compiled alike).
-2. Every goal of the issue as a ratio measured in the same run, marked ``ok`` or ``miss``:
+2. Every speed goal of the layers as a ratio measured in the same run, marked ``ok`` or ``miss``:
    CPU eager: ours (independent) <= 0.25x torchvision and <= 1.2x ``F.dropout``, ours (shared
    channels) <= 1.0x timm's default. CUDA eager: ours (independent) <= 1.0x torchvision, ours
    (shared) <= 1.0x timm's default; CUDA compiled: ours (independent) <= 1.2x compiled
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from _timing import best_time
-from structdrop.nn._dropblock import drop_block2d, drop_block_keep_prob, window_drop_prob
+from structdrop.nn.functional import drop_block2d, drop_block_keep_prob, window_drop_prob
 
 P, BLOCK = 0.1, 7
 CPU_SHAPES = ((32, 256, 14, 14), (32, 64, 56, 56))
@@ -100,7 +100,7 @@ def _baselines(device: str) -> dict[str, Layer]:
 def _ours(device: str) -> dict[str, Layer]:
     ours: dict[str, Layer] = {
         "ours (independent)": lambda x: drop_block2d(x, P, BLOCK),
-        "ours (independent, clipped)": lambda x: drop_block2d(x, P, BLOCK, placement="clipped"),
+        "ours (independent, clipped)": lambda x: drop_block2d(x, P, BLOCK, boundary="clipped"),
         "ours (shared channels)": lambda x: drop_block2d(x, P, BLOCK, shared_channels=True),
     }
     if device == "cpu":  # the sync-free sampler that accelerators and torch.compile use
@@ -224,7 +224,7 @@ def print_times(times: dict[Config, dict[str, float]]) -> None:
 
 
 def _goals(device: str, times: dict[Config, dict[str, float]]) -> list[tuple]:
-    """(mode, ours, baseline, goal, configurations) of the issue's goals."""
+    """(mode, ours, baseline, goal, configurations) of the layers' speed goals."""
     eager = [c for c in times if c[0] == "eager"]
     if device == "cpu":
         return [
@@ -283,7 +283,7 @@ def time_block_dropout(device: str, quick: bool) -> None:
 def _rate_layers(device: str) -> dict[str, Layer]:
     layers = dict(_baselines(device))
     layers["ours (valid, gamma=mean)"] = lambda x: drop_block2d(x, P, BLOCK)
-    layers["ours (clipped, gamma=mean)"] = lambda x: drop_block2d(x, P, BLOCK, placement="clipped")
+    layers["ours (clipped, gamma=mean)"] = lambda x: drop_block2d(x, P, BLOCK, boundary="clipped")
     layers["ours (valid, gamma=interior)"] = lambda x: drop_block2d(x, P, BLOCK, gamma="interior")
     return layers
 
@@ -296,9 +296,9 @@ def _exact(name: str, size: int) -> tuple[float, float, float] | None:
     }
     if name not in options:
         return None
-    placement, rule = options[name]
-    gamma = window_drop_prob(P, BLOCK, (size, size), placement, rule)
-    drop = 1.0 - drop_block_keep_prob((size, size), BLOCK, placement, gamma)
+    boundary, rule = options[name]
+    gamma = window_drop_prob(P, BLOCK, (size, size), boundary, rule)
+    drop = 1.0 - drop_block_keep_prob((size, size), BLOCK, boundary, gamma)
     return float(drop.mean()), float(drop[0, 0]), float(drop[size // 2, size // 2])
 
 

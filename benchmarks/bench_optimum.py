@@ -161,12 +161,12 @@ def section_paper_scale(small: bool, cvxpy: bool) -> float:
 
 
 def _optimum_by_svd(X, Y, scheme, width):
-    """The same computation through the SVD of X (the route before the Gram route)."""
+    """The same computation through the SVD of X (the SVD route)."""
     from structdrop import optimum as module
 
     beta = sd.regularization_strength(scheme, width)
-    with _threads.small_work(module._flops(*X.shape, Y.shape[0])):
-        return module._solve(X, Y, beta, scheme.block_size, route="svd")
+    with _threads.small_work(module.optimum_flops(*X.shape, Y.shape[0])):
+        return module.solve_unit_scale(X, Y, beta, scheme.block_size, route="svd")
 
 
 def section_threads(small: bool) -> None:
@@ -177,7 +177,7 @@ def section_threads(small: bool) -> None:
 
     for scale in (1,) if small else (1, 2, 3, 10):
         X, Y, scheme, width = problem(scale, small=small)
-        flops = module._flops(*X.shape, Y.shape[0])
+        flops = module.optimum_flops(*X.shape, Y.shape[0])
         calls = max(3, int(30 / scale**2))
         times = {}
         for count in (1, 2):

@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 import structdrop as sd
 from structdrop.linear import fit_sgd
+from structdrop.linear._engine import FASTMATH
 
 A, B, D, N, BLOCK, P, LR = 80, 100, 50, 1000, 5, 0.5, 1e-6
 
@@ -57,7 +58,7 @@ def flops_per_second() -> float:
     return 2 * 512**3 / best
 
 
-@numba.njit(cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _read_pass(W: np.ndarray, v: np.ndarray, out: np.ndarray, repeats: int) -> None:
     """``out = W v``, row by row: one read of W per repeat (the pass that forms h and e)."""
     rows, cols = W.shape
@@ -69,7 +70,7 @@ def _read_pass(W: np.ndarray, v: np.ndarray, out: np.ndarray, repeats: int) -> N
             out[i] += acc
 
 
-@numba.njit(cache=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _update_pass(W: np.ndarray, c: np.ndarray, v: np.ndarray, repeats: int) -> None:
     """``W -= c v^T``: one read and one write of W per repeat (the form of both updates)."""
     rows, cols = W.shape

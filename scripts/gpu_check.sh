@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the layers (issue 8) and of the Fig. 2 experiment (Sec. 5.2), on one CUDA device.
+# GPU check of the layers and of the Fig. 2 experiment (Sec. 5.2), on one CUDA device.
 #
 #   bash scripts/gpu_check.sh            # layers: CUDA tests + the GPU layer table, <= 5 minutes
 #   bash scripts/gpu_check.sh fig2       # the Fig. 2 runs below (about 2-3 minutes on an H100)
@@ -21,8 +21,8 @@
 #   3. a synthetic32 Fig. 2 run on cuda: 5 000 random 32x32 images, batch 256, 3 epochs
 # Outputs (logs, fig2*.png, fig2*.json, times.txt) go to $OUT if set, else results/gpu_check.
 # Needs a Python with torch (CUDA) and numpy; torchvision and timm for their rows of the table
-# (missing ones are skipped); scipy and scikit-learn for fig2; matplotlib, tqdm and numba are
-# optional (figures are skipped without matplotlib). No network.
+# (missing ones are skipped); scipy, scikit-learn and typer (the command line) for fig2;
+# matplotlib, tqdm and numba are optional (figures are skipped without matplotlib). No network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-layers}
@@ -150,19 +150,16 @@ PYEOF
     echo "from tqdm import tqdm" > "$WORK/tqdm/auto.py"
   fi
 
-  # The Fig. 2 entry point without the package's other experiments (which need numba), and
-  # without figures when matplotlib is missing.
+  # The Fig. 2 command (structdrop reproduce deep), without the figure when matplotlib is
+  # missing (its data and timings are still written).
   cat > "$WORK/fig2_run.py" <<'PYEOF'
-import importlib.util, pathlib, sys, types
-import structdrop
-package = types.ModuleType("structdrop.experiments")
-package.__path__ = [str(pathlib.Path(structdrop.__file__).parent / "experiments")]
-sys.modules["structdrop.experiments"] = package
-from structdrop.experiments import deep
+import importlib.util
+from structdrop.cli import app
 if importlib.util.find_spec("matplotlib") is None:
     print("matplotlib missing: figure skipped")
-    deep.plot_fig2 = lambda data, path: None
-sys.exit(deep.main(sys.argv[1:]))
+    from structdrop.experiments import plots
+    plots.render = lambda name, data, dpi=100: b""
+app(["reproduce", "deep", *__import__("sys").argv[1:]], prog_name="structdrop")
 PYEOF
 
   cat > "$WORK/core_cuda.py" <<'PYEOF'

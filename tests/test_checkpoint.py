@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import structdrop as sd
+from oracles import low_rank_problem
 from structdrop import CheckpointError
 from structdrop import _checkpoint as ckpt
 from structdrop._files import (
@@ -34,19 +35,12 @@ from structdrop.linear import sgd as sgd_module
 SRC = Path(sd.__file__).resolve().parents[1]
 
 
-def problem(seed: int = 0, a: int = 5, b: int = 7, d: int = 6, n: int = 40):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((b, n))
-    Y = rng.standard_normal((a, 3)) @ rng.standard_normal((3, b)) @ X
-    return X, Y, rng.standard_normal((a, d)), rng.standard_normal((b, d))
-
-
 SETTINGS = dict(lr=1e-3, iterations=6_000, lr_decay=1e3, seed=2, record=8)
 SCHEME = sd.GridBlock(0.5, 3)
 
 
 def reference_run():
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     return fit_sgd(X, Y, U0, V0, SCHEME, **SETTINGS)
 
 
@@ -248,7 +242,7 @@ def _writes_of_a_run(tmp_path: Path) -> int:
         calls["n"] += 1
         return original(path, write)
 
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ckpt, "write_atomically", counting)
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path / "count.npz", **SETTINGS)
@@ -264,7 +258,7 @@ def test_a_kill_at_every_write_resumes_to_the_uninterrupted_run(
     reference = reference_run()
     writes = _writes_of_a_run(tmp_path)
     assert writes == reference.iterations.size - 1  # one file per record point, no pairs
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     original = ckpt.write_atomically
     for k in range(1, writes + 1):
         folder = tmp_path / f"{moment}-{k}"
@@ -303,7 +297,8 @@ import structdrop as sd
 from structdrop import _files
 from structdrop.linear import fit_sgd
 sys.path.insert(0, {tests!r})
-from test_checkpoint import SCHEME, SETTINGS, problem
+from oracles import low_rank_problem
+from test_checkpoint import SCHEME, SETTINGS
 k, moment, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 calls = [0]
 replace = os.replace
@@ -315,7 +310,7 @@ def dying(source, target):
     if calls[0] == k:
         os.kill(os.getpid(), signal.SIGKILL)
 _files.os.replace = dying
-X, Y, U0, V0 = problem()
+X, Y, U0, V0 = low_rank_problem()
 fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
 """
 
@@ -338,7 +333,7 @@ def test_sigkill_during_a_run_resumes_identically_and_leaves_no_litter(
     assert path.exists()
     if moment == "before":
         assert len(temporaries(tmp_path)) == 1  # what the killed writer could not remove
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     resumed = fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
     assert_same_run(resumed, reference_run())
     assert temporaries(tmp_path) == []
@@ -348,7 +343,7 @@ def test_sigkill_during_a_run_resumes_identically_and_leaves_no_litter(
 # Algorithm 1: files that are not this run's checkpoint
 # ------------------------------------------------------------------------------------------------
 def _finished_checkpoint(tmp_path: Path) -> Path:
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     path = tmp_path / "run.npz"
     fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
     return path
@@ -357,17 +352,17 @@ def _finished_checkpoint(tmp_path: Path) -> Path:
 def test_a_foreign_npz_in_place_of_the_checkpoint_is_refused(tmp_path: Path) -> None:
     path = _finished_checkpoint(tmp_path)
     path.write_bytes(_npz_bytes(U=np.ones((3, 3)), V=np.ones((3, 3))))
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.raises(CheckpointError, match="not a structdrop checkpoint"):
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
 
 
 def test_a_checkpoint_of_a_wider_network_is_refused(tmp_path: Path) -> None:
-    X, Y, U0, V0 = problem()
-    wide = problem(d=21)
+    X, Y, U0, V0 = low_rank_problem()
+    wide = low_rank_problem(d=21)
     path = tmp_path / "run.npz"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sgd_module._State, "save", _stop_after_first_save())
+        patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
         with pytest.raises(Killed):
             fit_sgd(wide[0], wide[1], wide[2], wide[3], SCHEME, checkpoint=path, **SETTINGS)
     with pytest.raises(CheckpointError, match="belongs to another run"):
@@ -375,7 +370,7 @@ def test_a_checkpoint_of_a_wider_network_is_refused(tmp_path: Path) -> None:
 
 
 def _stop_after_first_save():
-    original = sgd_module._State.save
+    original = sgd_module.RunState.save
 
     def save(self, path, fingerprint):
         original(self, path, fingerprint)
@@ -387,8 +382,8 @@ def _stop_after_first_save():
 def _rewrite_state(path: Path, **changes) -> None:
     """Rewrite a fit_sgd checkpoint with its identity intact and some entries changed, as a
     damaged-but-consistent file would be."""
-    meta, arrays, _ = ckpt._read(path)
-    state = ckpt._decode(meta["state"], arrays)
+    meta, arrays, _ = ckpt.read_archive(path)
+    state = ckpt.decode_state(meta["state"], arrays)
     state.update(changes)
     ckpt.save_checkpoint(
         path, kind=sgd_module.CHECKPOINT_KIND, identity=meta["identity"], state=state
@@ -409,10 +404,10 @@ def _rewrite_state(path: Path, **changes) -> None:
 def test_a_consistent_but_wrong_state_is_refused(tmp_path: Path, changes: dict, match: str) -> None:
     """NaN weights are a damaged checkpoint (not a DivergenceError blaming the learning rate);
     weights of another shape never train silently."""
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     path = tmp_path / "run.npz"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sgd_module._State, "save", _stop_after_first_save())
+        patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
         with pytest.raises(Killed):
             fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
     _rewrite_state(path, **changes)
@@ -422,7 +417,7 @@ def test_a_consistent_but_wrong_state_is_refused(tmp_path: Path, changes: dict, 
 
 
 def test_discrete_laws_of_one_shape_do_not_share_checkpoints(tmp_path: Path) -> None:
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     masks = np.array([[1.0, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]])
     first, second = sd.Discrete(masks, [0.5, 0.5]), sd.Discrete(masks, [0.6, 0.4])
     assert repr(first) != repr(second)
@@ -434,13 +429,13 @@ def test_discrete_laws_of_one_shape_do_not_share_checkpoints(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("checkpoint", ["", "   "])
 def test_an_empty_checkpoint_path_says_what_is_wrong(checkpoint: str) -> None:
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.raises(ValueError, match="checkpoint must be a file path or None, got"):
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=checkpoint, **SETTINGS)
 
 
 def test_a_folder_as_checkpoint_says_what_is_wrong(tmp_path: Path) -> None:
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.raises(ValueError, match="checkpoint must be a file path, got the folder"):
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path, **SETTINGS)
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import structdrop as sd
 from structdrop.cli import app
 from structdrop.experiments import synthetic
+from structdrop.experiments.deep import DeepConfig
+from structdrop.experiments.deep.config import default_text
 
 runner = CliRunner()
 FIGURES = ("fig1", "fig3", "fig4", "fig5", "fig6", "head", "gap")
@@ -187,3 +194,134 @@ def test_optimum_bad_inputs_exit_2_with_one_line(
         assert result.exit_code == 2, (case, result.output)
         assert message in result.output, (case, result.output)
         assert len(result.output.strip().splitlines()) == 1, (case, result.output)
+
+
+# ------------------------------------------------------------------------------------------------
+# reproduce deep
+# ------------------------------------------------------------------------------------------------
+SMALL_DEEP = ["reproduce", "deep", "--quick", "--trunk", "tiny", "--image-size", "8"]
+
+
+def _deep_command() -> click.Command:
+    group = typer.main.get_command(app)
+    return group.commands["reproduce"].commands["deep"]  # type: ignore[attr-defined]
+
+
+def test_deep_options_are_the_configuration_fields() -> None:
+    """One option per DeepConfig field, with the field's help text, next to the run's own."""
+    options = {param.name: param for param in _deep_command().params}
+    for setting in dataclasses.fields(DeepConfig):
+        option = options[setting.name]
+        assert option.help == setting.metadata["help"]
+        flag = "--" + setting.name.replace("_", "-")
+        assert flag in option.opts, (flag, option.opts)
+    run = {"quick", "out", "force", "download", "progress", "checkpoint_every"}
+    assert set(options) == {f.name for f in dataclasses.fields(DeepConfig)} | run
+    assert options["amp"].secondary_opts == ["--no-amp"]
+    for law in ("Bernoulli", "GridBlock", "SlidingBlock", "DropConnect", "grid", "bernoulli"):
+        assert law in options["scheme"].help
+
+
+def test_docs_hold_the_deep_options_table() -> None:
+    """docs/deep.md's options table: every DeepConfig field, its default and its help text."""
+    rows = ["| option | default | what it sets |", "|---|---|---|"]
+    for setting in dataclasses.fields(DeepConfig):
+        flag = "--" + setting.name.replace("_", "-")
+        flags = f"`{flag}`"
+        if isinstance(setting.default, bool):
+            flags += f" / `--no-{flag[2:]}`"
+        default = default_text(setting) or setting.default
+        rows.append(f"| {flags} | {default} | {setting.metadata['help']} |")
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "deep.md").read_text()
+    table = docs.split("<!-- options table -->\n")[1].split("\n<!-- end of options table -->")[0]
+    assert table == "\n".join(rows)
+
+
+def test_deep_help_reads_well() -> None:
+    result = runner.invoke(app, ["reproduce", "deep", "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    for phrase in ("--trunk", "--batch-size", "--download", "--no-amp", "torchrun", "resnet50"):
+        assert phrase in result.output, phrase
+    assert "Traceback" not in result.output
+
+
+def test_deep_command_runs_the_law_it_is_given(tmp_path: Path) -> None:
+    arguments = [*SMALL_DEEP, "--scheme", "Bernoulli", "--p", "0.3", "--no-progress"]
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "fig2 (digits): gap to the theoretical minimum" in result.output
+    data = json.loads((tmp_path / "fig2.json").read_text())
+    assert data["config"]["scheme"] == "bernoulli" and data["config"]["p"] == 0.3
+    assert data["config"]["trunk"] == "tiny" and data["config"]["epochs"] == 2
+    assert sd.Scheme.from_dict(data["scheme"]) == sd.Bernoulli(0.3)
+    assert "Figure 2" in (tmp_path / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--dataset", "imagenet"], "dataset must be one of"),
+        (["--p", "1.5"], "p must be in [0, 1), got 1.5"),
+        (["--scheme", "dropblock"], "scheme must be one of"),
+        (["--width", "81"], "block_size must divide"),
+        (["--trunk", "vgg"], "trunk must be one of"),
+        (["--train-size", "-2"], "train_size must be >= 1"),
+    ],
+)
+def test_deep_bad_options_exit_2_with_one_line(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*SMALL_DEEP, *arguments, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not out.exists()
+
+
+def _environment() -> dict[str, str]:
+    src = Path(sd.__file__).resolve().parents[1]
+    return {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+
+def test_python_dash_m_structdrop_runs_the_command_line() -> None:
+    for arguments in (["--help"], ["reproduce", "deep", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "structdrop", *arguments],
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Usage: structdrop" in result.stdout
+    assert "--batch-size" in result.stdout
+
+
+def test_the_command_line_loads_without_torch() -> None:
+    """The options of ``reproduce deep`` come from DeepConfig without loading torch: it loads
+    when a command that needs it runs."""
+    code = "import sys, structdrop.cli; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_environment(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_torchrun_runs_the_command_line_on_two_processes(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m structdrop reproduce deep``: torch's launcher runs the
+    package's ``__main__`` in each process, which join one gloo group; process 0 alone writes
+    the results and prints."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "structdrop", *SMALL_DEEP]
+    command += ["--device", "cpu", "--no-progress", "--out", str(tmp_path)]
+    result = subprocess.run(
+        command, env=_environment(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("fig2 (digits): gap") == 1, result.stdout
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["fig2"]["processes"] == 2
+    data = json.loads((tmp_path / "fig2.json").read_text())
+    assert len(data["history"]["step_loss"]) == 2 * 2 and data["gap"] >= 0

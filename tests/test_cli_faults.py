@@ -167,13 +167,34 @@ def test_internal_errors_are_not_usage_errors(
     assert isinstance(result.exception, ValueError)
 
 
+def test_an_interrupted_deep_run_exits_130_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, which the command turns into one) during a deep run: exit 130, a
+    message saying how to resume, and the temporaries of dead writers removed."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "checkpoints" / f".fig2.pt.{dead.pid}.a1b2c3d4.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 100)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deep, "run_deep", interrupted)
+    result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 130
+    assert "rerun the same command to resume from the checkpoint" in result.output
+    assert not stale.exists()
+
+
 def test_deep_resume_refuses_damaged_and_wrong_shaped_state(tmp_path: Path) -> None:
     config = tiny()
     path = tmp_path / "fig2.pt"
-    with pytest.raises(deep._Interrupted):
+    with pytest.raises(deep.Interrupted):
         deep.train(config, checkpoint=path, interrupt_after=1)
-    meta, arrays, _ = ckpt._read(path)
-    state = ckpt._decode(meta["state"], arrays)
+    meta, arrays, _ = ckpt.read_archive(path)
+    state = ckpt.decode_state(meta["state"], arrays)
     name = next(iter(state["model"]))
     state["model"][name] = torch.zeros(3, 3)
     ckpt.save_checkpoint(path, kind=deep.CHECKPOINT_KIND, identity=meta["identity"], state=state)
@@ -263,7 +284,7 @@ def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -
     """``kill`` (SIGTERM) of ``structdrop reproduce synthetic`` during a sweep: exit 130, the
     pool's workers gone, no temporary file, and the rerun finishes from the checkpoints."""
     src = Path(sd.__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "structdrop.cli", "reproduce", "synthetic", "--quick"]
+    command = [sys.executable, "-m", "structdrop", "reproduce", "synthetic", "--quick"]
     command += ["--figure", "fig5", "--out", str(tmp_path)]
     environment = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen(

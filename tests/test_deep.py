@@ -1,7 +1,8 @@
 """Tests of the deep-network experiment (Sec. 5.2, Fig. 2): structdrop.experiments.deep.
 
 Small sizes throughout: one ``--quick`` run of the ResNet-50 network end to end; resuming and
-DDP use the ``tiny`` trunk (no BatchNorm) so that they take seconds.
+DDP use the ``tiny`` trunk (no BatchNorm) so that they take seconds. The data sets are tested in
+test_deep_data.py, the command line in test_cli.py.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import structdrop as sd
 from structdrop import CheckpointError
 from structdrop._checkpoint import load_checkpoint
 from structdrop.experiments import deep, report
-from structdrop.experiments.deep import DeepConfig
-from structdrop.experiments.deep_data import MissingDataError, load_images
+from structdrop.experiments.deep import DeepConfig, load_images
 
 
 def one_hot(counts: list[int]) -> np.ndarray:
@@ -90,14 +90,101 @@ def test_theory_matches_the_global_minimum_with_identity_inputs(scheme: sd.Schem
     """Sufficient capacity is the linear problem with X = I (every G reachable)."""
     Y = one_hot([7, 5, 5, 3, 1])
     theory = deep.theoretical_minimum(Y, scheme, width=20)
-    law = sd.Bernoulli(scheme.p) if isinstance(scheme, sd.DropConnect) else scheme
-    reference = sd.global_minimum(np.eye(Y.shape[1]), Y, law, 20)
-    assert theory.value == pytest.approx(reference.value, rel=1e-10)
-    np.testing.assert_allclose(theory.singular_values, reference.singular_values, atol=1e-10)
+    reference = sd.global_minimum(np.eye(Y.shape[1]), Y, scheme.on_units(), 20)
+    assert theory.value == pytest.approx(reference.value, rel=1e-12)
+    np.testing.assert_allclose(theory.singular_values, reference.singular_values, atol=1e-12)
+    assert theory.beta == reference.beta
 
 
-def test_no_theory_for_sliding_blocks() -> None:
-    assert deep.theoretical_minimum(one_hot([2, 2]), sd.SlidingBlock(0.2, 3), 6) is None
+@pytest.mark.parametrize(
+    ("counts", "scheme", "width", "value", "singular_values"),
+    [
+        (  # the --quick run's class counts
+            [3, 1, 8, 6, 4, 8, 6, 5, 5, 4],
+            sd.GridBlock(0.5, 5),
+            80,
+            5.2610943561906165,
+            [
+                2.5866491192169994,
+                2.5866491192169994,
+                2.207711737253987,
+                2.207711737253987,
+                1.9942899719705987,
+                1.9942899719705987,
+                1.7582219944708088,
+                1.7582219944708088,
+                1.490272802039686,
+                0.758221994470809,
+            ],
+        ),
+        (
+            [7, 5, 5, 3, 1],
+            sd.Bernoulli(0.3),
+            20,
+            1.8778312268594697,
+            [
+                2.455107348349112,
+                2.0454240147843112,
+                2.0454240147843112,
+                1.5414068448533988,
+                0.8093560372845217,
+            ],
+        ),
+        (
+            [7, 5, 5, 3, 1],
+            sd.DropConnect(0.2),
+            20,
+            1.1414268241694807,
+            [
+                2.5298696866689077,
+                2.1201863531041067,
+                2.1201863531041067,
+                1.6161691831731944,
+                0.8841183756043172,
+            ],
+        ),
+        (
+            [9, 7, 4, 4, 2, 1],
+            sd.GridBlock(0.4, 4),
+            8,
+            8.114213562373095,
+            [
+                2.2499999999999996,
+                1.9843134832984428,
+                1.3585786437626903,
+                1.3585786437626903,
+                0.7727922061357856,
+                0.35857864376269044,
+            ],
+        ),
+    ],
+)
+def test_theory_keeps_its_recorded_numbers(
+    counts: list[int], scheme: sd.Scheme, width: int, value: float, singular_values: list[float]
+) -> None:
+    """Values of the theoretical minimum as Fig. 2's data has always recorded them."""
+    theory = deep.theoretical_minimum(one_hot(counts), scheme, width)
+    assert theory.value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(theory.singular_values, singular_values, rtol=1e-12)
+    np.testing.assert_allclose(theory.target_singular_values, np.sqrt(sorted(counts)[::-1]))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "law"),
+    [
+        (sd.Bernoulli(0.3), sd.Bernoulli(0.3)),
+        (sd.GridBlock(0.5, 5), sd.GridBlock(0.5, 5)),
+        (sd.DropConnect(0.2), sd.Bernoulli(0.2)),  # masks on U regularize as Dropout
+        (sd.SlidingBlock(0.2, 3), None),
+        (sd.Discrete(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.5, 0.5])), None),
+    ],
+)
+def test_the_law_says_whether_it_has_a_closed_form(
+    scheme: sd.Scheme, law: sd.Scheme | None
+) -> None:
+    assert deep.closed_form_law(scheme) == law
+    if law is None:
+        assert deep.theoretical_minimum(one_hot([2, 2]), scheme, 6) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,7 +192,7 @@ def test_no_theory_for_sliding_blocks() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme_name", ["grid", "bernoulli"])
+@pytest.mark.parametrize("scheme_name", ["grid", "bernoulli", "SlidingBlock"])
 def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
     """Thm 3.1, eq. 14-15 from the features themselves, in float64."""
     config = tiny(scheme=scheme_name)
@@ -113,7 +200,7 @@ def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
     model = deep.build_model(config, data.classes)
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
     scheme = deep.make_scheme(config)
-    procs = deep._processes(config)
+    procs = deep.processes(config)
     result = deep.evaluate(model, data, scheme, procs, amp=False)
     with torch.no_grad():
         G = model.features(data.images).double().T
@@ -125,6 +212,9 @@ def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
     assert result["penalty"] == pytest.approx(omega, rel=1e-9)
     expected = torch.linalg.svdvals(U @ G)
     np.testing.assert_allclose(result["singular_values"], expected.numpy(), rtol=1e-6, atol=1e-9)
+    r = scheme.block_size
+    norms = [float(torch.linalg.norm(U[:, i : i + r] @ G[i : i + r])) for i in range(0, 80, r)]
+    np.testing.assert_allclose(result["block_norms"], norms, rtol=1e-9)
 
 
 def test_masked_loss_averages_to_the_deterministic_objective() -> None:
@@ -134,7 +224,7 @@ def test_masked_loss_averages_to_the_deterministic_objective() -> None:
     model = deep.build_model(config, data.classes)
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
     scheme = deep.make_scheme(config)
-    objective = deep.evaluate(model, data, scheme, deep._processes(config), amp=False)
+    objective = deep.evaluate(model, data, scheme, deep.processes(config), amp=False)
     with torch.no_grad():
         G = model.features(data.images).double()  # no BatchNorm: train mode = eval mode
         U = model.head.weight.detach().double()
@@ -183,7 +273,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     config = tiny()
     straight = deep.train(config)
     checkpoint = tmp_path / "run.pt"
-    with pytest.raises(deep._Interrupted):
+    with pytest.raises(deep.Interrupted):
         deep.train(config, checkpoint=checkpoint, interrupt_after=1)
     state = load_checkpoint(checkpoint, kind=deep.CHECKPOINT_KIND, identity=config.identity())
     assert state["epoch"] == 1 and len(state["epoch_seconds"]) == 1
@@ -199,7 +289,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 
 def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     config = tiny(epochs=2)
-    with pytest.raises(deep._Interrupted):
+    with pytest.raises(deep.Interrupted):
         deep.train(config, checkpoint=tmp_path / "checkpoints" / "fig2.pt", interrupt_after=1)
     data = deep.run_deep(config, tmp_path, progress=False)
     timings = json.loads((tmp_path / "timings.json").read_text())
@@ -237,55 +327,12 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     for name, tensor in single.model.state_dict().items():
         torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
     assert ddp["final"]["objective"] == pytest.approx(single.final["objective"], rel=1e-5)
-
-
-def test_main_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--quick", "--trunk", "tiny", "--out", str(tmp_path), "--no-progress"]
-    assert deep.main([*argv, "--scheme", "bernoulli", "--p", "0.3", "--image-size", "8"]) == 0
-    assert "Figure 2" in capsys.readouterr().out
-    data = json.loads((tmp_path / "fig2.json").read_text())
-    assert data["config"]["scheme"] == "bernoulli" and data["config"]["p"] == 0.3
-    assert sd.Scheme.from_dict(data["scheme"]) == sd.Bernoulli(0.3)
+    np.testing.assert_allclose(ddp["final"]["block_norms"], single.final["block_norms"], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
-# Data and bad inputs
+# Configuration
 # --------------------------------------------------------------------------------------------
-
-
-def test_digits_subset_is_fixed_by_the_seed() -> None:
-    first = load_images("digits", image_size=16, train_size=50, seed=3)
-    second = load_images("digits", image_size=16, train_size=50, seed=3)
-    other = load_images("digits", image_size=16, train_size=50, seed=4)
-    assert first.images.shape == (50, 3, 16, 16)
-    torch.testing.assert_close(first.images, second.images)
-    assert not torch.equal(first.labels, other.labels)
-    assert abs(float(first.images.mean())) < 1e-5
-    assert float(first.images.std()) == pytest.approx(1.0, rel=1e-4)
-
-
-def test_synthetic32_is_generated_from_the_seed() -> None:
-    data = load_images("synthetic32", image_size=32, train_size=40, seed=0)
-    again = load_images("synthetic32", image_size=32, train_size=40, seed=0)
-    assert data.images.shape == (40, 3, 32, 32) and data.classes == 10
-    torch.testing.assert_close(data.images, again.images)
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("mnist", "MNIST/raw/train-images-idx3-ubyte"),
-        ("fashion-mnist", "FashionMNIST/raw/train-labels-idx1-ubyte"),
-        ("cifar10", "cifar-10-batches-py/data_batch_1"),
-    ],
-)
-def test_missing_files_say_what_to_put_where(tmp_path: Path, name: str, expected: str) -> None:
-    with pytest.raises(MissingDataError) as info:
-        load_images(name, image_size=32, train_size=10, seed=0, data_dir=tmp_path)
-    message = str(info.value)
-    assert str(tmp_path / expected) in message
-    assert "--data-dir" in message
-    assert not any(tmp_path.iterdir())  # nothing downloaded
 
 
 @pytest.mark.parametrize(
@@ -299,6 +346,11 @@ def test_missing_files_say_what_to_put_where(tmp_path: Path, name: str, expected
         ({"epochs": 0}, ValueError, "epochs must be >= 1"),
         ({"trunk": "vgg"}, ValueError, "trunk must be one of"),
         ({"device": "tpu"}, ValueError, "device must be"),
+        ({"train_size": -3}, ValueError, "train_size must be >= 1"),
+        ({"lr": 0.0}, ValueError, "lr must be > 0"),
+        ({"warmup": 1.0}, ValueError, r"warmup must be in \[0, 1\)"),
+        ({"seed": -1}, ValueError, "seed must be a finite number >= 0"),
+        ({"eval_every": 1.5}, TypeError, "eval_every must be an integer"),
     ],
 )
 def test_bad_configurations(overrides: dict[str, object], error: type, match: str) -> None:
@@ -306,14 +358,57 @@ def test_bad_configurations(overrides: dict[str, object], error: type, match: st
         DeepConfig(**overrides)
 
 
-def test_bad_command_line_options() -> None:
-    with pytest.raises(SystemExit):
-        deep.main(["--dataset", "imagenet"])
-    with pytest.raises(ValueError, match="p must be in"):
-        deep.main(["--p", "1.5", "--quick"])
-
-
 def test_options_map_to_the_configuration() -> None:
     config = deep.config_from_options(dataset="cifar10", train_size=0, quick=True)
     assert config.train_size is None and config.image_size == 32 and config.epochs == 2
     assert deep.config_from_options(epochs=7).epochs == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "law"),
+    [
+        ("grid", sd.GridBlock(0.3, 4)),
+        ("GridBlock", sd.GridBlock(0.3, 4)),
+        ("bernoulli", sd.Bernoulli(0.3)),
+        ("Bernoulli", sd.Bernoulli(0.3)),
+        ("sliding", sd.SlidingBlock(0.3, 4)),
+        ("SlidingBlock", sd.SlidingBlock(0.3, 4)),
+        ("dropconnect", sd.DropConnect(0.3)),
+        ("DropConnect", sd.DropConnect(0.3)),
+    ],
+)
+def test_every_law_of_p_and_block_size_by_either_name(name: str, law: sd.Scheme) -> None:
+    config = DeepConfig(scheme=name, p=0.3, block_size=4)
+    assert deep.make_scheme(config) == law
+    assert config.scheme == name.lower().removesuffix("block")  # one identity per law
+    assert (
+        config.identity() == DeepConfig(scheme=type(law).__name__, p=0.3, block_size=4).identity()
+    )
+
+
+def test_the_laws_come_from_the_registry() -> None:
+    """Every law that p and block_size define, and no other (Discrete needs its masks)."""
+    laws = deep.scheme_laws()
+    assert laws == {
+        "bernoulli": "Bernoulli",
+        "dropconnect": "DropConnect",
+        "grid": "GridBlock",
+        "sliding": "SlidingBlock",
+    }
+    assert set(laws.values()) <= set(sd.Scheme.laws())
+    assert "Discrete" in sd.Scheme.laws()
+
+
+def test_width_is_checked_by_the_law() -> None:
+    with pytest.raises(ValueError, match="block_size must divide the number of hidden units d"):
+        DeepConfig(width=81)
+    assert DeepConfig(width=81, scheme="sliding").width == 81  # sliding windows fit any width
+
+
+def test_the_model_draws_the_law_on_units() -> None:
+    """DropConnect's masks fall on the last layer's entries; the network's dropout layer draws
+    the law on the units with the same regularizer (Dropout's), and the results name the
+    configured law."""
+    config = tiny(scheme="dropconnect", p=0.3)
+    assert deep.build_model(config, 10).dropout.scheme == sd.Bernoulli(0.3)
+    assert deep.make_scheme(config) == sd.DropConnect(0.3)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import structdrop as sd
-from structdrop.experiments import _io, report, synthetic
+from structdrop.experiments import _io, formulas, report, runs, sliding, synthetic
+from structdrop.experiments.config import make_data
 from structdrop.linear import DivergenceError, fit_sgd, record_points
 from structdrop.linear import sgd as sgd_module
 
@@ -32,16 +33,17 @@ class Killed(Exception):
 
 
 def _kill_after(monkeypatch: pytest.MonkeyPatch, saves: int) -> None:
-    original = sgd_module._State.save
+    original = sgd_module.save_checkpoint
     calls = {"n": 0}
 
-    def save(self: Any, path: Path, fingerprint: str) -> None:
-        original(self, path, fingerprint)
+    def save(*args: Any, **kwargs: Any) -> Any:
+        written = original(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == saves:
             raise Killed
+        return written
 
-    monkeypatch.setattr(sgd_module._State, "save", save)
+    monkeypatch.setattr(sgd_module, "save_checkpoint", save)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,12 +54,12 @@ def test_paper_dropconnect_formula_is_dropouts_objective_not_dropconnects() -> N
     expectation only for diagonal X X^T (NOTES.md). On weights aligned with the data (V: the
     top eigenvectors of X X^T, as training makes them) its penalty is off on Gaussian inputs,
     and far more on correlated ones."""
-    config = synthetic.Config()
+    settings = synthetic.Config()
     for correlated, low, high in ((False, 0.05, 0.5), (True, 0.5, 5.0)):
-        data = synthetic.make_data(config, correlated=correlated)
+        data = make_data(settings, correlated=correlated)
         Y, U, X = data.Y, data.U0, data.X
-        V = np.linalg.eigh(X @ X.T)[1][:, ::-1][:, : config.width]
-        paper = synthetic.paper_dropconnect_objective(Y, U, V, X, 0.5)
+        V = np.linalg.eigh(X @ X.T)[1][:, ::-1][:, : settings.width]
+        paper = formulas.paper_dropconnect_objective(Y, U, V, X, sd.DropConnect(0.5))
         dropout = float(sd.expected_loss(Y, U, V, X, sd.Bernoulli(0.5)))
         assert paper == pytest.approx(dropout, rel=1e-10)
         fit = float(np.sum((Y - U @ V.T @ X) ** 2))
@@ -70,30 +72,30 @@ def test_paper_formula_is_exact_for_diagonal_gram() -> None:
     rng = np.random.default_rng(3)
     X = np.linalg.qr(rng.standard_normal((40, 6)))[0].T * np.arange(1.0, 7.0)[:, None]
     Y, U, V = rng.standard_normal((3, 40)), rng.standard_normal((3, 4)), rng.standard_normal((6, 4))
-    paper = synthetic.paper_dropconnect_objective(Y, U, V, X, 0.3)
+    paper = formulas.paper_dropconnect_objective(Y, U, V, X, sd.DropConnect(0.3))
     assert paper == pytest.approx(float(sd.expected_loss(Y, U, V, X, sd.DropConnect(0.3))))
 
 
 def test_data_follow_section_51() -> None:
-    config = synthetic.Config()
-    data = synthetic.make_data(config)
+    settings = synthetic.Config()
+    data = make_data(settings)
     assert data.X.shape == (100, 1000) and data.Y.shape == (80, 1000)
     assert data.U0.shape == (80, 50) and data.V0.shape == (100, 50)
     assert np.linalg.matrix_rank(data.Y) == 50
-    again = synthetic.make_data(config, truth_rank=80)
+    again = make_data(settings, truth_rank=80)
     np.testing.assert_array_equal(again.X, data.X)  # the rank flag changes only the truth
     np.testing.assert_array_equal(again.U0, data.U0)
     assert np.linalg.matrix_rank(again.Y) == 80
-    correlated = synthetic.make_data(config, correlated=True)
+    correlated = make_data(settings, correlated=True)
     sample_corr = np.corrcoef(correlated.X)[0, 1]
-    assert sample_corr == pytest.approx(config.correlation, abs=0.05)
+    assert sample_corr == pytest.approx(settings.correlation, abs=0.05)
 
 
 def test_sliding_variants_of_section_53() -> None:
     """The paper's theta' equals the exact gamma at p = 0.5 only (NOTES.md)."""
-    half = synthetic.sliding_variants(0.5, 5)
+    half = sliding.sliding_variants(0.5, 5)
     assert half["paper"].gamma == pytest.approx(half["exact"].gamma)
-    other = synthetic.sliding_variants(0.3, 5)
+    other = sliding.sliding_variants(0.3, 5)
     d = 50
     interior = {name: 1 - np.min(s.mean(d)) for name, s in other.items()}
     assert interior["exact"] == pytest.approx(0.3)
@@ -101,10 +103,10 @@ def test_sliding_variants_of_section_53() -> None:
     assert interior["same_theta"] == pytest.approx(1 - 0.7**5)
 
 
-def test_helpers() -> None:
+def test_late_relative_difference_and_ema() -> None:
     t = [0, 10, 20]
-    assert synthetic.late_relative_difference(t, [5.0, 2.0, 2.0], [2.0, 2.0, 2.0]) == 0.0
-    smooth = synthetic.ema([0, 100, 110, 1000], [0.0, 1.0, 3.0, 3.0], fraction=0.1)
+    assert formulas.late_relative_difference(t, [5.0, 2.0, 2.0], [2.0, 2.0, 2.0]) == 0.0
+    smooth = formulas.ema([0, 100, 110, 1000], [0.0, 1.0, 3.0, 3.0], fraction=0.1)
     assert smooth[0] == 0.0 and smooth[1] == pytest.approx(1.0, abs=1e-3)  # no lag
     assert 1.0 < smooth[2] < 3.0 and smooth[3] == pytest.approx(3.0, abs=1e-3)
 
@@ -112,15 +114,16 @@ def test_helpers() -> None:
 def test_segmented_dropconnect_matches_one_run() -> None:
     """Running fit_sgd between record points (to evaluate Thm 4.1 on the iterates) follows the
     schedule and random stream of one long run."""
-    data = synthetic.make_data(synthetic.Config())
+    data = make_data(synthetic.Config())
     lr, iterations, decay = 2e-5, 600, 100.0
-    segmented = synthetic.dropconnect_run(data, 0.5, lr, iterations, decay, seed=7, snapshots=5)
+    law = sd.DropConnect(0.5)
+    segmented = runs.dropconnect_run(data, law, lr, iterations, decay, seed=7, snapshots=5)
     single = fit_sgd(
         data.X,
         data.Y,
         data.U0,
         data.V0,
-        sd.DropConnect(0.5),
+        law,
         lr=lr,
         iterations=iterations,
         lr_decay=decay,
@@ -130,6 +133,18 @@ def test_segmented_dropconnect_matches_one_run() -> None:
     np.testing.assert_array_equal(segmented["iterations"], single.iterations)
     np.testing.assert_allclose(segmented["corrected"], single.expected, rtol=1e-9)
     np.testing.assert_allclose(segmented["stochastic"], single.stochastic, rtol=1e-9)
+    assert sd.Scheme.from_dict(segmented["scheme"]) == law
+
+
+@pytest.mark.parametrize("law", [sd.Bernoulli(0.5), sd.GridBlock(0.5, 5), sd.SlidingBlock(0.5, 5)])
+def test_dropconnect_run_refuses_a_law_on_units(law: sd.Scheme) -> None:
+    """The segments evaluate Thm 4.1, a statement about masks on V's entries: a law on the
+    hidden units is refused, by name, before anything runs."""
+    data = make_data(synthetic.Config())
+    with pytest.raises(ValueError, match=f"acts_on == 'weights'.*{type(law).__name__}"):
+        runs.dropconnect_run(data, law, 2e-5, 10, 100.0, seed=0, snapshots=2)
+    with pytest.raises(TypeError, match="Scheme"):
+        runs.dropconnect_run(data, 0.5, 2e-5, 10, 100.0, seed=0, snapshots=2)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------

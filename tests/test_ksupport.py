@@ -19,51 +19,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structdrop as sd
-
-# Interior-point accuracy asked of CLARABEL. With 1e-8 it reports "optimal" on every problem
-# below; observed objective errors are <= 1e-8 relative.
-SOLVER_TOL = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8}
-# Objective values from CVXPY: 1e-6 relative leaves two orders of magnitude above the observed
-# solver error (about 1e-8).
-CVX_RTOL = 1e-6
+from oracles import (
+    CVX_RTOL,
+    SOLVER_TOL,
+    as_numpy,
+    ksupport_sq,
+    sorted_abs,
+    spectral_ksupport_constraints,
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Independent oracles
 # ----------------------------------------------------------------------------------------------
-def _sorted_abs(w, length):
-    a = np.sort(np.abs(np.asarray(w, dtype=float)))[::-1]
-    return np.concatenate([a, np.zeros(max(0, length - a.size))])
-
-
-def _ksq_rho_rule(w, k):
-    """(||w||_(k)^2, rho) by Argyriou et al. Prop 2.1.
-
-    rho is the unique integer in {1..k} with a_{rho-1} > S_rho / (k - rho + 1) >= a_rho
-    (a_0 = +inf, S_rho = sum_{i >= rho} a_i); w is padded with zeros to length k. Under
-    rounding (ties) the rho with the smallest violation is taken: the formula is continuous
-    across the boundary between two consecutive rho.
-    """
-    a = _sorted_abs(w, k)
-    best = None
-    for rho in range(1, k + 1):
-        s = a[rho - 1 :].sum()
-        q = s / (k - rho + 1)
-        prev = math.inf if rho == 1 else a[rho - 2]
-        violation = max(0.0, q - prev, a[rho - 1] - q)
-        value = float(np.sum(a[: rho - 1] ** 2) + s**2 / (k - rho + 1))
-        if best is None or violation < best[0]:
-            best = (violation, value, rho)
-    return best[1], best[2]
-
-
-def _ksq(w, k):
-    return _ksq_rho_rule(w, k)[0]
-
-
 def _eq11_candidates(w, k):
     """Eq. (11) of the paper, sum_{i<rho} a_i^2 + (sum_{i>=rho} a_i)^2 / (k-rho+1), for each rho."""
-    a = _sorted_abs(w, k)
+    a = sorted_abs(w, k)
     return [
         float(np.sum(a[: rho - 1] ** 2) + a[rho - 1 :].sum() ** 2 / (k - rho + 1))
         for rho in range(1, k + 1)
@@ -134,13 +105,11 @@ def _cvx_prox(w, beta, k):
     return x.value, problem.value
 
 
-def _spectral_constraints(T, rows, k):
-    return [T >> 0, np.eye(rows) - T >> 0, cp.trace(T) <= k]
-
-
 def _cvx_spectral_ksq(A, k):
     T = cp.Variable((A.shape[0], A.shape[0]), symmetric=True)
-    problem = cp.Problem(cp.Minimize(cp.matrix_frac(A, T)), _spectral_constraints(T, A.shape[0], k))
+    problem = cp.Problem(
+        cp.Minimize(cp.matrix_frac(A, T)), spectral_ksupport_constraints(T, A.shape[0], k)
+    )
     problem.solve(solver="CLARABEL", **SOLVER_TOL)
     assert problem.status == "optimal"
     return problem.value
@@ -150,30 +119,24 @@ def _cvx_spectral_prox(A, beta, k):
     Z = cp.Variable(A.shape)
     T = cp.Variable((A.shape[0], A.shape[0]), symmetric=True)
     objective = cp.sum_squares(A - Z) + beta * cp.matrix_frac(Z, T)
-    problem = cp.Problem(cp.Minimize(objective), _spectral_constraints(T, A.shape[0], k))
+    problem = cp.Problem(cp.Minimize(objective), spectral_ksupport_constraints(T, A.shape[0], k))
     problem.solve(solver="CLARABEL", **SOLVER_TOL)
     assert problem.status == "optimal"
     return Z.value, problem.value
 
 
 def _prox_objective(w, x, beta, k):
-    return float(np.sum((np.asarray(w) - x) ** 2) + beta * _ksq(x, k))
+    return float(np.sum((np.asarray(w) - x) ** 2) + beta * ksupport_sq(x, k))
 
 
 def _spectral_prox_objective(A, Z, beta, k):
-    return float(np.sum((A - Z) ** 2) + beta * _ksq(np.linalg.svd(Z, compute_uv=False), k))
+    return float(np.sum((A - Z) ** 2) + beta * ksupport_sq(np.linalg.svd(Z, compute_uv=False), k))
 
 
 def _as_float(value):
     if isinstance(value, torch.Tensor):
         return float(value.detach().cpu().item())
     return float(value)
-
-
-def _as_numpy(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +146,7 @@ def test_oracles_agree_with_each_other():
     rng = np.random.default_rng(0)
     w = rng.standard_normal(6)
     for k in (1, 3):
-        ref = _ksq(w, k)
+        ref = ksupport_sq(w, k)
         # Three derivations: rho rule, variational min, dual max; CVX_RTOL as above.
         assert _cvx_ksq(w, k) == pytest.approx(ref, rel=CVX_RTOL)
         assert _cvx_dual_ksq(w, k) == pytest.approx(ref, rel=CVX_RTOL)
@@ -211,7 +174,7 @@ def test_ksupport_norm_matches_cvxpy_variational_form(w, k):
     # CVX_RTOL: interior-point accuracy (see top of file).
     assert got == pytest.approx(_cvx_ksq(w, k), rel=CVX_RTOL)
     # The closed-form rho rule is exact up to rounding: 1e-12 relative.
-    assert got == pytest.approx(_ksq(w, k), rel=1e-12)
+    assert got == pytest.approx(ksupport_sq(w, k), rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +236,7 @@ def test_ksupport_norm_property_matches_rho_rule(w, k):
     got = _as_float(sd.ksupport_norm(w, k)) ** 2
     # Both sides are sums of at most 8 terms: relative rounding <= ~1e-15 * 8; 1e-9 is ample
     # and still catches any wrong rho (which changes the value by far more).
-    assert got == pytest.approx(_ksq(w, k), rel=1e-9, abs=1e-300)
+    assert got == pytest.approx(ksupport_sq(w, k), rel=1e-9, abs=1e-300)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +252,7 @@ def test_ksupport_norm_property_matches_rho_rule(w, k):
     ],
 )
 def test_prox_matches_cvxpy(w, beta, k):
-    got = _as_numpy(sd.prox_ksupport_sq(w, beta, k))
+    got = as_numpy(sd.prox_ksupport_sq(w, beta, k))
     x_cvx, f_cvx = _cvx_prox(w, beta, k)
     f_got = _prox_objective(w, got, beta, k)
     # Value: CVX_RTOL (solver accuracy).
@@ -306,23 +269,23 @@ def test_prox_matches_cvxpy(w, beta, k):
 def test_prox_notes_example():
     # NOTES: m = (10, 1, 1), k = 2, beta = 1 gives (5, 1/3, 1/3): head m_1/(1+beta), plateau
     # m_i - tau with tau = beta * 2 / (2 - 1 + 2 * beta) = 2/3. Exact: 1e-12.
-    got = _as_numpy(sd.prox_ksupport_sq(np.array([10.0, 1.0, 1.0]), 1.0, 2))
+    got = as_numpy(sd.prox_ksupport_sq(np.array([10.0, 1.0, 1.0]), 1.0, 2))
     np.testing.assert_allclose(got, [5.0, 1.0 / 3.0, 1.0 / 3.0], rtol=1e-12)
-    got = _as_numpy(sd.prox_ksupport_sq(np.array([-1.0, 10.0, -1.0]), 1.0, 2))
+    got = as_numpy(sd.prox_ksupport_sq(np.array([-1.0, 10.0, -1.0]), 1.0, 2))
     np.testing.assert_allclose(got, [-1.0 / 3.0, 5.0, -1.0 / 3.0], rtol=1e-12)
 
 
 def test_prox_beta_zero_is_identity_and_k_large_is_ridge_and_k1_soft_threshold():
     w = np.array([0.5, -2.0, 0.0, 3.25, -1e-3])
-    np.testing.assert_array_equal(_as_numpy(sd.prox_ksupport_sq(w, 0.0, 2)), w)
+    np.testing.assert_array_equal(as_numpy(sd.prox_ksupport_sq(w, 0.0, 2)), w)
     # k >= number of nonzeros: ridge w/(1+beta); exact, 1e-12.
-    np.testing.assert_allclose(_as_numpy(sd.prox_ksupport_sq(w, 0.5, 4)), w / 1.5, rtol=1e-12)
-    np.testing.assert_allclose(_as_numpy(sd.prox_ksupport_sq(w, 0.5, 9)), w / 1.5, rtol=1e-12)
+    np.testing.assert_allclose(as_numpy(sd.prox_ksupport_sq(w, 0.5, 4)), w / 1.5, rtol=1e-12)
+    np.testing.assert_allclose(as_numpy(sd.prox_ksupport_sq(w, 0.5, 9)), w / 1.5, rtol=1e-12)
     # k = 1, beta ||x||_1^2: soft threshold at tau = beta * ||x||_1; support {3.25, -2} here:
     # tau = 0.5 * (5.25 - 2 tau) -> tau = 1.3125. Exact, 1e-12.
     tau = 0.5 * 5.25 / 2.0
     want = np.sign(w) * np.maximum(np.abs(w) - tau, 0.0)
-    np.testing.assert_allclose(_as_numpy(sd.prox_ksupport_sq(w, 0.5, 1)), want, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(sd.prox_ksupport_sq(w, 0.5, 1)), want, atol=1e-12)
 
 
 _betas = st.one_of(st.just(0.0), st.floats(min_value=1e-3, max_value=1e3))
@@ -331,7 +294,7 @@ _betas = st.one_of(st.just(0.0), st.floats(min_value=1e-3, max_value=1e3))
 @settings(max_examples=25, deadline=None)
 @given(w=_vectors, beta=_betas, k=st.integers(min_value=1, max_value=10), seed=st.integers(0, 99))
 def test_prox_property_matches_oracle_signs_and_permutations(w, beta, k, seed):
-    got = _as_numpy(sd.prox_ksupport_sq(w, beta, k))
+    got = as_numpy(sd.prox_ksupport_sq(w, beta, k))
     scale = np.abs(w).max()
     # The prox is 1-Lipschitz and the oracle is a closed form on the same sets: rounding in the
     # sums of up to 8 entries of size <= 1e6 stays below ~1e-13 * scale; 1e-10 * scale allows
@@ -343,7 +306,7 @@ def test_prox_property_matches_oracle_signs_and_permutations(w, beta, k, seed):
     # Permutation equivariance: up to rounding of reordered sums, 1e-10 * scale as above.
     perm = np.random.default_rng(seed).permutation(w.size)
     np.testing.assert_allclose(
-        _as_numpy(sd.prox_ksupport_sq(w[perm], beta, k)), got[perm], rtol=0, atol=1e-10 * scale
+        as_numpy(sd.prox_ksupport_sq(w[perm], beta, k)), got[perm], rtol=0, atol=1e-10 * scale
     )
 
 
@@ -366,7 +329,7 @@ def test_spectral_norm_matches_cvxpy_and_singular_values(A, k):
     # CVX_RTOL: SDP accuracy.
     assert got == pytest.approx(_cvx_spectral_ksq(A, k), rel=CVX_RTOL)
     # Same as the vector norm of the singular values (numpy SVD; rounding only).
-    assert got == pytest.approx(_ksq(np.linalg.svd(A, compute_uv=False), k), rel=1e-12)
+    assert got == pytest.approx(ksupport_sq(np.linalg.svd(A, compute_uv=False), k), rel=1e-12)
 
 
 def test_spectral_norm_k1_nuclear_k_large_frobenius():
@@ -381,7 +344,7 @@ def test_spectral_norm_k1_nuclear_k_large_frobenius():
 @pytest.mark.parametrize(("A", "k"), _spectral_cases())
 def test_spectral_prox_matches_cvxpy(A, k):
     beta = 0.9
-    got = _as_numpy(sd.prox_spectral_ksupport_sq(A, beta, k))
+    got = as_numpy(sd.prox_spectral_ksupport_sq(A, beta, k))
     Z_cvx, f_cvx = _cvx_spectral_prox(A, beta, k)
     f_got = _spectral_prox_objective(A, got, beta, k)
     # Value: CVX_RTOL (SDP accuracy).
@@ -401,8 +364,8 @@ def test_spectral_prox_beta_zero_identity_and_notes_example():
     Q2, _ = np.linalg.qr(rng.standard_normal((4, 3)))
     A = Q1 @ np.diag([10.0, 1.0, 1.0]) @ Q2.T
     # beta = 0: identity up to the rounding of an SVD round trip (1e-12).
-    np.testing.assert_allclose(_as_numpy(sd.prox_spectral_ksupport_sq(A, 0.0, 2)), A, atol=1e-12)
-    got = _as_numpy(sd.prox_spectral_ksupport_sq(A, 1.0, 2))
+    np.testing.assert_allclose(as_numpy(sd.prox_spectral_ksupport_sq(A, 0.0, 2)), A, atol=1e-12)
+    got = as_numpy(sd.prox_spectral_ksupport_sq(A, 1.0, 2))
     want = Q1 @ np.diag([5.0, 1.0 / 3.0, 1.0 / 3.0]) @ Q2.T
     np.testing.assert_allclose(got, want, atol=1e-12)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import structdrop as sd
+from oracles import low_rank_problem
 from structdrop import CheckpointError
 from structdrop.linear import (
     DivergenceError,
@@ -30,13 +31,6 @@ SCHEMES = [
 ]
 
 
-def problem(seed: int = 0, a: int = 5, b: int = 7, d: int = 6, n: int = 40):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((b, n))
-    Y = rng.standard_normal((a, 3)) @ rng.standard_normal((3, b)) @ X
-    return X, Y, rng.standard_normal((a, d)), rng.standard_normal((b, d))
-
-
 def reference_unit_masks(X, Y, U, V, indices, scales, lr, lr_decay, t0):
     """Algorithm 1, steps 5-9, written as in the paper with D = diag(z / mu)."""
     U, V = U.copy(), V.copy()
@@ -51,7 +45,7 @@ def reference_unit_masks(X, Y, U, V, indices, scales, lr, lr_decay, t0):
 @pytest.mark.parametrize("scheme", SCHEMES, ids=repr)
 @pytest.mark.parametrize("lr_decay", [None, 25.0])
 def test_engine_matches_reference_loop(scheme, lr_decay):
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     iterations = 300
     trajectory = fit_sgd(
         X,
@@ -75,7 +69,7 @@ def test_engine_matches_reference_loop(scheme, lr_decay):
 
 
 def test_dropconnect_engine_matches_reference_loop():
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     scheme, iterations = sd.DropConnect(0.3), 600  # more than one chunk of DropConnect steps
     trajectory = fit_sgd(
         X, Y, U0, V0, scheme, lr=1e-3, iterations=iterations, seed=3, record=[iterations]
@@ -101,7 +95,7 @@ def test_dropconnect_engine_matches_reference_loop():
 
 @pytest.mark.parametrize("scheme", [sd.GridBlock(0.5, 2), sd.DropConnect(0.5)], ids=repr)
 def test_same_seed_same_trajectory(scheme):
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     runs = [
         fit_sgd(X, Y, U0, V0, scheme, lr=1e-3, iterations=500, seed=11, record=8) for _ in range(2)
     ]
@@ -116,12 +110,12 @@ def test_same_seed_same_trajectory(scheme):
 def test_stochastic_objective_is_unbiased_for_the_expected_one(scheme):
     """With a negligible step the weights stay put, so N x the single-sample masked loss is an
     iid sample whose mean is the exact objective (Lemma 2.1 / Thm 3.1 / eq. 19)."""
-    X, Y, U0, V0 = problem(seed=1)
+    X, Y, U0, V0 = low_rank_problem(seed=1)
     steps = 40_000
     trajectory = fit_sgd(X, Y, U0, V0, scheme, lr=1e-15, iterations=steps, seed=5, record=[steps])
     expected = trajectory.expected[0]
     rng = np.random.default_rng(5)
-    if isinstance(scheme, sd.DropConnect):
+    if scheme.acts_on == "weights":
         indices, keep = draw_chunk(scheme, rng, 4000, X.shape[1], U0.shape[1], X.shape[0])
         losses = [
             np.sum((U0 @ (kept / 0.6 * V0).T @ X[:, j] - Y[:, j]) ** 2)
@@ -143,7 +137,7 @@ def test_stochastic_objective_is_unbiased_for_the_expected_one(scheme):
 def test_average_step_is_the_gradient_of_the_expected_objective():
     """E[U_{t+1} - U_t] = -(lr / 2N) dF/dU with F the exact objective: Algorithm 1 is SGD on
     Lemma 2.1's deterministic objective (NOTES.md: steps 8-9 are half the stochastic gradient)."""
-    X, Y, U0, V0 = problem(seed=2)
+    X, Y, U0, V0 = low_rank_problem(seed=2)
     scheme = sd.GridBlock(0.4, 2)
     n, draws = X.shape[1], 20_000
     rng = np.random.default_rng(9)
@@ -165,7 +159,7 @@ def test_average_step_is_the_gradient_of_the_expected_objective():
 
 
 def test_expected_objective_decreases_and_stochastic_tracks_it():
-    X, Y, U0, V0 = problem(seed=4)
+    X, Y, U0, V0 = low_rank_problem(seed=4)
     scheme = sd.GridBlock(0.5, 2)
     trajectory = fit_sgd(
         X, Y, U0, V0, scheme, lr=2e-3, iterations=20_000, lr_decay=2e3, seed=0, record=16
@@ -178,7 +172,7 @@ def test_expected_objective_decreases_and_stochastic_tracks_it():
 
 
 def test_sgd_approaches_the_global_minimum_with_decay():
-    X, Y, U0, V0 = problem(seed=5, d=6)
+    X, Y, U0, V0 = low_rank_problem(seed=5, d=6)
     scheme = sd.GridBlock(0.5, 2)
     optimum = sd.global_minimum(X, Y, scheme, 6)
     trajectory = fit_sgd(
@@ -198,7 +192,7 @@ def test_sgd_approaches_the_global_minimum_with_decay():
 
 
 def test_divergence_raises_with_lr_and_a_safe_suggestion():
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.raises(DivergenceError, match=r"lr=0\.5.*Try lr <= [0-9.e-]+"):
         fit_sgd(X, Y, U0, V0, sd.Bernoulli(0.5), lr=0.5, iterations=1000, seed=0)
     safe = safe_learning_rate(X, U0, V0, sd.Bernoulli(0.5))
@@ -207,13 +201,13 @@ def test_divergence_raises_with_lr_and_a_safe_suggestion():
 
 
 def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch):
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     scheme = sd.SlidingBlock(0.5, 3)
     settings = dict(lr=1e-3, iterations=30_000, lr_decay=1e3, seed=2, record=12)
     uninterrupted = fit_sgd(X, Y, U0, V0, scheme, **settings)
 
     calls = {"n": 0}
-    original = sgd_module._run_chunk
+    original = sgd_module.run_chunk
 
     def killed_midway(*args, **kwargs):
         calls["n"] += 1
@@ -222,10 +216,10 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch
         return original(*args, **kwargs)
 
     path = tmp_path / "run.npz"
-    monkeypatch.setattr(sgd_module, "_run_chunk", killed_midway)
+    monkeypatch.setattr(sgd_module, "run_chunk", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **settings)
-    monkeypatch.setattr(sgd_module, "_run_chunk", original)
+    monkeypatch.setattr(sgd_module, "run_chunk", original)
     assert path.exists()
     resumed = fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **settings)
     np.testing.assert_array_equal(resumed.expected, uninterrupted.expected)
@@ -241,7 +235,7 @@ def test_resume_after_interruption_gives_identical_results(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("scheme", [sd.Bernoulli(0.3), sd.GridBlock(0.5, 2)], ids=repr)
 def test_fit_gd_reaches_the_closed_form_minimum(scheme):
-    X, Y, U0, V0 = problem(seed=6, d=8)
+    X, Y, U0, V0 = low_rank_problem(seed=6, d=8)
     optimum = sd.global_minimum(X, Y, scheme, 8)
     result = fit_gd(X, Y, U0, V0, scheme)
     assert optimum.rank <= 8
@@ -254,11 +248,11 @@ def test_fit_gd_reaches_the_closed_form_minimum(scheme):
     "scheme", [sd.GridBlock(0.5, 2), sd.DropConnect(0.3), sd.SlidingBlock(0.4, 3, "ring")], ids=repr
 )
 def test_fit_gd_gradient_matches_finite_differences(scheme):
-    from structdrop.linear.gd import _objective
+    from structdrop.linear.gd import objective_and_gradient
 
-    X, Y, U0, V0 = problem(seed=7)
+    X, Y, U0, V0 = low_rank_problem(seed=7)
     (a, d), b = U0.shape, V0.shape[0]
-    function = _objective(sd.Gram.from_data(X, Y), scheme, a, b, d)
+    function = objective_and_gradient(sd.Gram.from_data(X, Y), scheme, a, b, d)
     point = np.concatenate([U0.ravel(), V0.ravel()])
     value, gradient = function(point)
     assert value == pytest.approx(float(sd.expected_loss(Y, U0, V0, X, scheme)), rel=1e-12)
@@ -296,7 +290,7 @@ def test_record_points():
 def test_trajectory_to_dict_is_json_serialisable():
     import json
 
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     trajectory = fit_sgd(
         X, Y, U0, V0, sd.Bernoulli(0.2), lr=1e-3, iterations=100, seed=0, optimum=1.0
     )
@@ -314,14 +308,14 @@ def test_trajectory_to_dict_is_json_serialisable():
     ],
 )
 def test_bad_settings_raise(change, message):
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     settings = {"lr": 1e-3, "iterations": 10, **change}
     with pytest.raises(ValueError, match=message):
         fit_sgd(X, Y, U0, V0, sd.Bernoulli(0.2), **settings)
 
 
 def test_bad_data_raise():
-    X, Y, U0, V0 = problem()
+    X, Y, U0, V0 = low_rank_problem()
     with pytest.raises(ValueError, match="same number of samples"):
         fit_sgd(X[:, :-1], Y, U0, V0, sd.Bernoulli(0.2), lr=1e-3, iterations=10)
     with pytest.raises(ValueError, match="V0's rows must match X's rows"):

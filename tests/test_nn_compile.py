@@ -37,7 +37,7 @@ LAYERS = {
     "dropblock2d": (lambda: sdnn.DropBlock2d(0.2, 3), (2, 3, 8, 8)),
     "dropblock2d-options": (
         lambda: sdnn.DropBlock2d(
-            0.2, 4, placement="clipped", gamma="interior", shared_channels=True, scale="batch"
+            0.2, 4, boundary="clipped", gamma="interior", shared_channels=True, scale="batch"
         ),
         (2, 3, 8, 7),
     ),
@@ -48,7 +48,6 @@ LAYERS = {
     "dropblock3d": (lambda: sdnn.DropBlock3d(0.2, (1, 2, 3), gamma=0.05), (2, 3, 4, 5, 6)),
     "block": (lambda: sdnn.BlockDropout(0.3, 2), (4, 6)),
     "bernoulli": (lambda: sdnn.StructuredDropout(sd.Bernoulli(0.3)), (4, 6)),
-    "dropconnect-law": (lambda: sdnn.StructuredDropout(sd.DropConnect(0.3)), (4, 6)),
     "grid": (lambda: sdnn.StructuredDropout(sd.GridBlock(0.3, 3)), (2, 4, 6)),
     "sliding": (lambda: sdnn.StructuredDropout(sd.SlidingBlock(0.3, 3, "ring")), (4, 6)),
     "discrete": (lambda: sdnn.StructuredDropout(_discrete()), (5, 4)),
@@ -126,7 +125,7 @@ def test_dropout_penalty_compiles_and_equals_eager(scheme, backend):
 
 def test_inductor_compiles_dropblock_forward_and_backward():
     x = torch.randn(2, 4, 9, 8).to(memory_format=torch.channels_last).requires_grad_()
-    layer = sdnn.DropBlock2d(0.3, 3, placement="clipped")
+    layer = sdnn.DropBlock2d(0.3, 3, boundary="clipped")
     out = torch.compile(layer, backend="inductor", fullgraph=True)(x)
     out.backward(torch.ones_like(out))
     assert out.is_contiguous(memory_format=torch.channels_last)

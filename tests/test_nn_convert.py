@@ -96,7 +96,7 @@ def test_convert_torchvision_layers_recursively_in_place():
     layer, layer3d = model[1], model[2][0][0]
     assert type(layer) is sdnn.DropBlock2d and type(layer3d) is sdnn.DropBlock3d
     assert (layer.p, layer.block_size, layer.inplace, layer.eps) == (0.1, 7, True, 1e-5)
-    assert (layer.placement, layer.shared_channels, layer.gamma, layer.scale) == (
+    assert (layer.boundary, layer.shared_channels, layer.gamma, layer.scale) == (
         "valid",
         False,
         "mean",
@@ -118,7 +118,7 @@ def test_convert_timm_layers_maps_semantics_and_gamma_scale():
     assert set(converted) == set(scales)
     for name, layer in converted.items():
         assert layer.p == pytest.approx(0.1 * scales[name])
-        assert (layer.placement, layer.shared_channels) == ("clipped", True)
+        assert (layer.boundary, layer.shared_channels) == ("clipped", True)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
     per_channel = nn.Sequential(TimmDropBlock2d(0.2, 5, couple_channels=False, gamma_scale=10.0))
     layer = sdnn.convert_dropblock(per_channel)[0]
@@ -135,7 +135,7 @@ def test_convert_dropblock_package_and_its_scheduler():
     model = nn.Sequential(dropblock.DropBlock3D(0.1, 3), scheduler)
     sdnn.convert_dropblock(model)
     assert type(model[0]) is sdnn.DropBlock3d
-    assert (model[0].placement, model[0].shared_channels) == ("clipped", True)
+    assert (model[0].boundary, model[0].shared_channels) == ("clipped", True)
     for _ in range(3):  # the package's scheduler sets drop_prob: our alias of p
         scheduler.step()
     assert model[1].dropblock.p == pytest.approx(0.2)
@@ -153,8 +153,8 @@ def test_convert_options_override_and_are_checked():
     assert type(root) is sdnn.DropBlock2d and root.p == 0.05
     with pytest.raises(TypeError, match=r"unknown options \['fast'\]"):
         sdnn.convert_dropblock(model, fast=True)
-    with pytest.raises(ValueError, match="placement must be one of"):
-        sdnn.convert_dropblock(nn.Sequential(torchvision_ops.DropBlock2d(0.1, 7)), placement="x")
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        sdnn.convert_dropblock(nn.Sequential(torchvision_ops.DropBlock2d(0.1, 7)), boundary="x")
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         sdnn.convert_dropblock("resnet")
 

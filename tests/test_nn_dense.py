@@ -1,7 +1,7 @@
 """The dense (sync-free) DropBlock sampler against the exact law and against the sparse sampler.
 
 Both samplers must draw the law of ``structdrop.nn._dropblock``'s module docstring: in 1-D the
-masks of ``SlidingBlock(p, r, boundary=placement, gamma)`` (mean and covariance), in 2-D/3-D the
+masks of ``SlidingBlock(p, r, boundary=boundary, gamma)`` (mean and covariance), in 2-D/3-D the
 exact per-unit keep probabilities ``mu = (1 - gamma)^n`` and ``E[output] = input``.
 
 Monte Carlo checks use normal z-bounds with ``Z = 5`` on 0/1 frequencies,
@@ -22,6 +22,7 @@ import torch
 
 import structdrop as sd
 from structdrop._validation import check_block_sizes
+from structdrop.nn import _dense, _sparse, _traced_rates, _window_rates, _windows
 from structdrop.nn import _dropblock as db
 from structdrop.nn._dropblock import (
     drop_block,
@@ -30,9 +31,10 @@ from structdrop.nn._dropblock import (
     drop_block_keep_prob,
     window_drop_prob,
 )
+from structdrop.nn._tracing import use_dense
 
 Z = 5.0
-PLACEMENTS = ("valid", "clipped")
+BOUNDARIES = ("valid", "clipped")
 RULES = ("mean", "interior", "ghiasi")
 
 
@@ -56,16 +58,16 @@ def oracle_hits(drops: torch.Tensor, geometry) -> torch.Tensor:
     planes = drops.shape[0] * drops.shape[1]
     hits = torch.zeros(planes, math.prod(geometry.spatial), dtype=torch.bool)
     where = torch.nonzero(drops.reshape(planes, -1))
-    units = db._window_units(where[:, 1], geometry)
+    units = _sparse.window_units(where[:, 1], geometry)
     for (plane, _), window in zip(where.tolist(), units, strict=True):
         hits[plane, window] = True
     return hits.reshape(*drops.shape[:2], *geometry.spatial)
 
 
-def exact_second_moment(spatial, block, placement, gamma) -> np.ndarray:
+def exact_second_moment(spatial, block, boundary, gamma) -> np.ndarray:
     """``E[z_i z_j] = (1 - gamma)^{|W(i) | W(j)|}`` from the window incidence (NOTES.md)."""
-    geometry = db._geometry(spatial, check_block_sizes(block, len(spatial)), placement)
-    windows = db._window_units(torch.arange(math.prod(geometry.candidates)), geometry)
+    geometry = _windows.geometry(spatial, check_block_sizes(block, len(spatial)), boundary)
+    windows = _sparse.window_units(torch.arange(math.prod(geometry.candidates)), geometry)
     incidence = np.zeros((windows.shape[0], math.prod(spatial)))
     for k, units in enumerate(windows.tolist()):
         incidence[k, units] = 1.0
@@ -78,39 +80,39 @@ def exact_second_moment(spatial, block, placement, gamma) -> np.ndarray:
 # Window expansion: max-pool, shifted ORs and the definition agree exactly
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(
     ("spatial", "block"),
     [((9,), 4), ((7, 6), (3, 2)), ((14, 14), 7), ((3, 2), 5), ((1, 1), 3), ((4, 5, 3), (2, 3, 1))],
 )
-def test_window_expansions_match_the_definition(placement, spatial, block):
-    geometry = db._geometry(spatial, check_block_sizes(block, len(spatial)), placement)
+def test_window_expansions_match_the_definition(boundary, spatial, block):
+    geometry = _windows.geometry(spatial, check_block_sizes(block, len(spatial)), boundary)
     drops = torch.rand(2, 3, *geometry.candidates, generator=gen(1)) < 0.15
     expected = oracle_hits(drops, geometry)
-    assert torch.equal(db._hits_by_shifts(drops, geometry), expected)
-    assert torch.equal(db._hits_by_pooling(drops.double(), geometry).bool(), expected)
+    assert torch.equal(_dense.hits_by_shifts(drops, geometry), expected)
+    assert torch.equal(_dense.hits_by_pooling(drops.double(), geometry).bool(), expected)
 
 
 def test_large_3d_blocks_pool_axis_by_axis(monkeypatch):
-    geometry = db._geometry((6, 7, 5), (4, 5, 4), "clipped")  # volume 80 > 64: per axis
+    geometry = _windows.geometry((6, 7, 5), (4, 5, 4), "clipped")  # volume 80 > 64: per axis
     drops = torch.rand(2, 2, *geometry.candidates, generator=gen(2)) < 0.05
     expected = oracle_hits(drops, geometry)
-    assert torch.equal(db._hits_by_pooling(drops.float(), geometry).bool(), expected)
-    monkeypatch.setattr(db, "_JOINT_POOL_LIMIT", 10**6)  # and jointly
-    assert torch.equal(db._hits_by_pooling(drops.float(), geometry).bool(), expected)
+    assert torch.equal(_dense.hits_by_pooling(drops.float(), geometry).bool(), expected)
+    monkeypatch.setattr(_dense, "_JOINT_POOL_LIMIT", 10**6)  # and jointly
+    assert torch.equal(_dense.hits_by_pooling(drops.float(), geometry).bool(), expected)
 
 
 # ----------------------------------------------------------------------------------------------
 # The exact law, dense sampler
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("length", "block"), [(10, 3), (8, 4), (5, 7)])
-def test_dense_1d_masks_match_sliding_block_mean_and_covariance(placement, length, block):
+def test_dense_1d_masks_match_sliding_block_mean_and_covariance(boundary, length, block):
     p = 0.25
-    gamma = window_drop_prob(p, block, (length,), placement)
-    scheme = sd.SlidingBlock(p, block, boundary=placement, gamma=gamma)
-    z = kept((200, 100, length), p, block, "dense", seed=length, placement=placement)
+    gamma = window_drop_prob(p, block, (length,), boundary)
+    scheme = sd.SlidingBlock(p, block, boundary=boundary, gamma=gamma)
+    z = kept((200, 100, length), p, block, "dense", seed=length, boundary=boundary)
     n = z.shape[0]
     mu, second = scheme.mean(length), scheme.second_moment(length)
     np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, n))
@@ -120,15 +122,15 @@ def test_dense_1d_masks_match_sliding_block_mean_and_covariance(placement, lengt
     np.testing.assert_array_less(np.abs(cov_hat - scheme.covariance(length)), slack)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("spatial", "block"), [((14, 14), 7), ((9, 11), (3, 4)), ((5, 6, 4), 3)])
-def test_dense_2d_3d_keep_rates_are_exact_and_output_unbiased(placement, spatial, block):
+def test_dense_2d_3d_keep_rates_are_exact_and_output_unbiased(boundary, spatial, block):
     p = 0.15
     x = torch.rand(*spatial, dtype=torch.float64) + 0.5
     batch = x.expand(100, 60, *spatial)
-    out = drop_block(batch, p, block, placement=placement, method="dense", generator=gen(7))
-    gamma = window_drop_prob(p, block, spatial, placement)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    out = drop_block(batch, p, block, boundary=boundary, method="dense", generator=gen(7))
+    gamma = window_drop_prob(p, block, spatial, boundary)
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
     values = out.reshape(-1, *spatial)
     n = values.shape[0]
     np.testing.assert_array_less(np.abs((values != 0).double().mean(0).numpy() - mu), bound(mu, n))
@@ -139,21 +141,21 @@ def test_dense_2d_3d_keep_rates_are_exact_and_output_unbiased(placement, spatial
     np.testing.assert_allclose(values.amax(0).numpy(), x.numpy() / mu, rtol=1e-12)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("options", [{}, {"shared_channels": True}, {"gamma": "interior"}])
-def test_dense_and_sparse_draw_the_same_law(placement, options):
+def test_dense_and_sparse_draw_the_same_law(boundary, options):
     p, spatial, block = 0.2, (8, 9), 3
-    dense = kept((150, 40, *spatial), p, block, "dense", 1, placement=placement, **options)
-    sparse = kept((150, 40, *spatial), p, block, "sparse", 2, placement=placement, **options)
-    gamma = window_drop_prob(p, block, spatial, placement, options.get("gamma", "mean"))
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    dense = kept((150, 40, *spatial), p, block, "dense", 1, boundary=boundary, **options)
+    sparse = kept((150, 40, *spatial), p, block, "sparse", 2, boundary=boundary, **options)
+    gamma = window_drop_prob(p, block, spatial, boundary, options.get("gamma", "mean"))
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
     n = dense.shape[0] if not options.get("shared_channels") else 150
     if options.get("shared_channels"):  # one mask per sample: compare one channel's masks
         dense, sparse = dense[::40], sparse[::40]
     np.testing.assert_array_less(np.abs(dense.mean(0) - sparse.mean(0)), bound(mu, n, 2))
     # pairs of units agree as well, within the bound of their exact second moments
     d, s = dense.reshape(n, -1), sparse.reshape(n, -1)
-    pair = exact_second_moment(spatial, block, placement, gamma)
+    pair = exact_second_moment(spatial, block, boundary, gamma)
     np.testing.assert_array_less(np.abs(d.T @ d / n - s.T @ s / n), bound(pair, n, 2))
 
 
@@ -212,7 +214,7 @@ def test_gradcheck_of_both_samplers(method):
 
 def test_auto_picks_sparse_on_cpu_eager_and_the_method_is_obeyed(monkeypatch):
     calls = []
-    for name in ("_drop_block_dense", "_drop_block_sparse"):
+    for name in ("drop_block_dense", "drop_block_sparse"):
         original = getattr(db, name)
 
         def record(*args, _name=name, _original=original, **kwargs):
@@ -223,30 +225,30 @@ def test_auto_picks_sparse_on_cpu_eager_and_the_method_is_obeyed(monkeypatch):
     x = torch.randn(2, 3, 8, 8)
     for method in ("auto", "sparse", "dense"):
         drop_block2d(x, 0.2, 3, method=method)
-    assert calls == ["_drop_block_sparse", "_drop_block_sparse", "_drop_block_dense"]
-    assert db.use_dense("auto", torch.device("cuda")) and db.use_dense("auto", torch.device("mps"))
-    assert not db.use_dense("auto", torch.device("cpu"))
+    assert calls == ["drop_block_sparse", "drop_block_sparse", "drop_block_dense"]
+    assert use_dense("auto", torch.device("cuda")) and use_dense("auto", torch.device("mps"))
+    assert not use_dense("auto", torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------------------
 # In-graph window drop probabilities (the traced path) equal the host's
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(
     ("spatial", "block"), [((14, 14), 7), ((56, 56), 7), ((9,), 2), ((5, 6, 4), 9)]
 )
-def test_traced_scales_equal_the_host_values(placement, spatial, block):
+def test_traced_scales_equal_the_host_values(boundary, spatial, block):
     block = check_block_sizes(block, len(spatial))
     x = torch.ones(1, 1, *spatial, dtype=torch.float64)
     rates = [1e-300, 1e-9, 1e-3, 0.1, 0.5, 0.9, 1.0 - 1e-12, 1.0 - 2.0**-53]
     for rule, p in itertools.product((*RULES, 0.03), rates):
-        gamma = db._window_gamma(p, spatial, block, placement, rule)
-        traced_gamma, inverse = db._traced_scales(p, spatial, block, placement, rule, x)
+        gamma = _window_rates.window_gamma(p, spatial, block, boundary, rule)
+        traced_gamma, inverse = _traced_rates.traced_scales(p, spatial, block, boundary, rule, x)
         assert float(traced_gamma) == pytest.approx(gamma, rel=1e-13, abs=0.0), (rule, p)
         if gamma > 0.999:  # the host's 1 - gamma has lost digits: the traced t is the better
             continue
-        host = db._inverse_keep_prob(spatial, block, placement, gamma, x.device, x.dtype)
+        host = _window_rates.inverse_keep_prob(spatial, block, boundary, gamma, x.device, x.dtype)
         # 1 / mu = exp(n t) with t = -log(1 - gamma): compare n t (1 / mu itself amplifies the
         # rounding of gamma by n gamma / (1 - gamma))
         torch.testing.assert_close(inverse.log(), host.log(), rtol=1e-11, atol=1e-15)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import structdrop as sd
 from structdrop._validation import check_block_sizes
 from structdrop.nn import _dropblock as db
+from structdrop.nn import _sparse
 from structdrop.nn._dropblock import (
     drop_block,
     drop_block1d,
@@ -32,7 +33,7 @@ from structdrop.nn._dropblock import (
 )
 
 Z = 5.0
-PLACEMENTS = ("valid", "clipped")
+BOUNDARIES = ("valid", "clipped")
 RULES = ("mean", "interior", "ghiasi")
 
 
@@ -55,11 +56,11 @@ def kept(input_shape, p, block_size, seed=0, **options) -> np.ndarray:
 # Independent oracle: windows enumerated from their definition, unit by unit.
 
 
-def oracle_windows(spatial, block, placement):
+def oracle_windows(spatial, block, boundary):
     """Every candidate window as a set of unit coordinates (products of 1-D ranges)."""
     per_axis = []
     for length, r in zip(spatial, block, strict=True):
-        if placement == "valid":
+        if boundary == "valid":
             w = min(r, length)
             ranges = [range(s, s + w) for s in range(length - w + 1)]
         else:
@@ -71,10 +72,10 @@ def oracle_windows(spatial, block, placement):
     return [set(itertools.product(*combo)) for combo in itertools.product(*per_axis)]
 
 
-def oracle_moments(spatial, block, placement, gamma):
+def oracle_moments(spatial, block, boundary, gamma):
     """Exact mean and second moment of the flattened mask: a unit pair survives iff no window
     of the union of their covering sets is dropped."""
-    windows = oracle_windows(spatial, block, placement)
+    windows = oracle_windows(spatial, block, boundary)
     units = list(itertools.product(*(range(n) for n in spatial)))
     covering = [{k for k, w in enumerate(windows) if u in w} for u in units]
     q = 1.0 - gamma
@@ -87,14 +88,14 @@ def oracle_moments(spatial, block, placement, gamma):
 # Mask laws
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("length", "block"), [(12, 3), (10, 4), (5, 7), (9, 1)])
-def test_1d_masks_match_sliding_block_moments(placement, length, block):
+def test_1d_masks_match_sliding_block_moments(boundary, length, block):
     p = 0.2
     rule = {3: "ghiasi", 4: "interior"}.get(block, "mean")
-    gamma = window_drop_prob(p, block, (length,), placement, rule)
-    scheme = sd.SlidingBlock(p, block, boundary=placement, gamma=gamma)
-    z = kept((200, 100, length), p, block, seed=length, placement=placement, gamma=rule)
+    gamma = window_drop_prob(p, block, (length,), boundary, rule)
+    scheme = sd.SlidingBlock(p, block, boundary=boundary, gamma=gamma)
+    z = kept((200, 100, length), p, block, seed=length, boundary=boundary, gamma=rule)
     n = z.shape[0]
     mu = scheme.mean(length)
     second = scheme.second_moment(length)
@@ -106,74 +107,74 @@ def test_1d_masks_match_sliding_block_moments(placement, length, block):
     np.testing.assert_array_less(np.abs(cov_hat - scheme.covariance(length)), slack)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(
     ("spatial", "block"), [((4, 5), (2, 3)), ((3, 3), 4), ((3, 2, 3), (2, 1, 3))]
 )
-def test_nd_masks_match_oracle_moments(placement, spatial, block):
+def test_nd_masks_match_oracle_moments(boundary, spatial, block):
     p = 0.25
-    gamma = window_drop_prob(p, block, spatial, placement, "mean")
-    mean, second = oracle_moments(spatial, check_block_sizes(block, len(spatial)), placement, gamma)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy().ravel()
+    gamma = window_drop_prob(p, block, spatial, boundary, "mean")
+    mean, second = oracle_moments(spatial, check_block_sizes(block, len(spatial)), boundary, gamma)
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy().ravel()
     np.testing.assert_allclose(mu, mean, rtol=0, atol=1e-14)
-    z = kept((100, 100, *spatial), p, block, seed=3, placement=placement).reshape(10_000, -1)
+    z = kept((100, 100, *spatial), p, block, seed=3, boundary=boundary).reshape(10_000, -1)
     n = z.shape[0]
     np.testing.assert_array_less(np.abs(z.mean(0) - mean), bound(mean, n))
     np.testing.assert_array_less(np.abs(z.T @ z / n - second), bound(second, n))
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(
     ("spatial", "block"),
     [((14, 14), 7), ((7, 7), 7), ((6, 9), (4, 2)), ((1, 1), 3), ((5, 4, 3), 2), ((2, 3, 1), 5)],
 )
-def test_keep_prob_matches_oracle_counts(placement, spatial, block):
+def test_keep_prob_matches_oracle_counts(boundary, spatial, block):
     gamma = 0.03
-    windows = oracle_windows(spatial, check_block_sizes(block, len(spatial)), placement)
+    windows = oracle_windows(spatial, check_block_sizes(block, len(spatial)), boundary)
     counts = np.zeros(spatial)
     for window in windows:
         for unit in window:
             counts[unit] += 1
     expected = (1.0 - gamma) ** counts
-    got = drop_block_keep_prob(spatial, block, placement, gamma)
+    got = drop_block_keep_prob(spatial, block, boundary, gamma)
     assert got.dtype == torch.float64 and tuple(got.shape) == spatial
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("spatial", "block"), [((14, 14), 7), ((9, 11), (3, 4)), ((6, 5, 4), 3)])
-def test_2d_3d_keep_rates_match_keep_prob(placement, spatial, block):
+def test_2d_3d_keep_rates_match_keep_prob(boundary, spatial, block):
     p = 0.15
-    z = kept((100, 40, *spatial), p, block, seed=7, placement=placement)
-    gamma = window_drop_prob(p, block, spatial, placement)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    z = kept((100, 40, *spatial), p, block, seed=7, boundary=boundary)
+    gamma = window_drop_prob(p, block, spatial, boundary)
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
     np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, z.shape[0]))
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(
     ("spatial", "block"), [((14, 14), 7), ((7, 7), 7), ((9,), 4), ((5, 6, 4), 3)]
 )
-def test_mean_rule_gives_mean_rate_p(placement, spatial, block):
+def test_mean_rule_gives_mean_rate_p(boundary, spatial, block):
     p = 0.1
-    gamma = window_drop_prob(p, block, spatial, placement, "mean")
-    mu = drop_block_keep_prob(spatial, block, placement, gamma)
+    gamma = window_drop_prob(p, block, spatial, boundary, "mean")
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma)
     assert abs(1.0 - float(mu.mean()) - p) < 1e-12
-    z = kept((100, 50, *spatial), p, block, seed=11, placement=placement)
+    z = kept((100, 50, *spatial), p, block, seed=11, boundary=boundary)
     rates = 1.0 - z.reshape(z.shape[0], -1).mean(1)  # one drop rate per mask, iid across masks
     assert abs(rates.mean() - p) <= Z * rates.std() / math.sqrt(rates.size)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-def test_interior_rule_gives_interior_rate_p(placement):
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_interior_rule_gives_interior_rate_p(boundary):
     p, spatial, block = 0.1, (15, 15), 5
-    gamma = window_drop_prob(p, block, spatial, placement, "interior")
+    gamma = window_drop_prob(p, block, spatial, boundary, "interior")
     assert gamma == pytest.approx(1.0 - (1.0 - p) ** (1.0 / 25), rel=1e-14)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
     centre = mu[5:10, 5:10]
     np.testing.assert_allclose(centre, 1.0 - p, rtol=0, atol=1e-14)
     assert mu.min() == pytest.approx(1.0 - p, abs=1e-14)  # the most covered units
-    z = kept((100, 100, *spatial), p, block, seed=5, placement=placement, gamma="interior")
+    z = kept((100, 100, *spatial), p, block, seed=5, boundary=boundary, gamma="interior")
     assert abs(z[:, 7, 7].mean() - (1.0 - p)) <= bound(1.0 - p, z.shape[0])
 
 
@@ -207,11 +208,11 @@ def test_dropped_positions_are_a_bernoulli_process_also_when_extended(monkeypatc
     total, gamma, draws = 40, 0.3, 600
     for chunk_margin in (16.0, -1e9):  # the second forces one gap per draw round
         if chunk_margin < 0:
-            monkeypatch.setattr(db, "_chunk_size", lambda total, gamma: 1)
+            monkeypatch.setattr(_sparse, "_chunk_size", lambda total, gamma: 1)
         g = gen(9)
         hits = np.zeros(total)
         for _ in range(draws):
-            positions = db._dropped_positions(total, gamma, torch.device("cpu"), g)
+            positions = _sparse.dropped_positions(total, gamma, torch.device("cpu"), g)
             assert torch.all(positions[1:] > positions[:-1])
             assert positions.numel() == 0 or 0 <= int(positions[0]) <= int(positions[-1]) < total
             hits[positions.numpy()] += 1
@@ -222,10 +223,10 @@ def test_dropped_positions_are_a_bernoulli_process_also_when_extended(monkeypatc
 
 def test_window_table_and_direct_indices_agree(monkeypatch):
     x = torch.randn(4, 3, 9, 7)
-    for placement in PLACEMENTS:
-        first = drop_block2d(x, 0.3, (4, 3), placement=placement, generator=gen(1))
-        monkeypatch.setattr(db, "_TABLE_LIMIT", 0)
-        second = drop_block2d(x, 0.3, (4, 3), placement=placement, generator=gen(1))
+    for boundary in BOUNDARIES:
+        first = drop_block2d(x, 0.3, (4, 3), boundary=boundary, generator=gen(1))
+        monkeypatch.setattr(_sparse, "_TABLE_LIMIT", 0)
+        second = drop_block2d(x, 0.3, (4, 3), boundary=boundary, generator=gen(1))
         monkeypatch.undo()
         torch.testing.assert_close(first, second, rtol=0, atol=0)
 
@@ -234,14 +235,14 @@ def test_window_table_and_direct_indices_agree(monkeypatch):
 # Scaling
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-def test_expected_scale_is_unbiased_per_unit(placement):
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_expected_scale_is_unbiased_per_unit(boundary):
     p, spatial, block = 0.2, (6, 7), 3
     x = torch.rand(*spatial, dtype=torch.float64) + 0.5
     batch = x.expand(100, 100, *spatial)
-    out = drop_block2d(batch, p, block, placement=placement, generator=gen(4))
-    gamma = window_drop_prob(p, block, spatial, placement)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma).numpy()
+    out = drop_block2d(batch, p, block, boundary=boundary, generator=gen(4))
+    gamma = window_drop_prob(p, block, spatial, boundary)
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
     n = out.shape[0] * out.shape[1]
     mean = out.reshape(n, *spatial).mean(0).numpy()
     sd_out = x.numpy() * np.sqrt((1.0 - mu) / mu)
@@ -333,7 +334,7 @@ def test_inplace_keeps_gradients_on_intermediate_tensors():
 @pytest.mark.parametrize("scale", ["expected", "batch"])
 def test_half_precision_keeps_dtype_without_nan(dtype, scale, method):
     x = torch.randn(4, 8, 14, 14).to(dtype)
-    out = drop_block2d(x, 0.5, 7, scale=scale, placement="clipped", method=method, generator=gen(0))
+    out = drop_block2d(x, 0.5, 7, scale=scale, boundary="clipped", method=method, generator=gen(0))
     assert out.dtype == dtype
     assert not torch.isnan(out).any()
     assert (out == 0).any() and (out != 0).any()
@@ -358,28 +359,26 @@ def test_float64_and_float32_keep_dtype():
         ((0, 3, 4, 4), 3),  # empty batch
     ],
 )
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("rule", RULES)
-def test_edge_shapes(shape, block, placement, rule):
+def test_edge_shapes(shape, block, boundary, rule):
     x = torch.randn(shape)
     for scale in ("expected", "batch"):
         out = drop_block2d(
-            x, 0.4, block, placement=placement, gamma=rule, scale=scale, generator=gen(0)
+            x, 0.4, block, boundary=boundary, gamma=rule, scale=scale, generator=gen(0)
         )
         assert out.shape == x.shape
         assert torch.isfinite(out).all()
-    gamma = window_drop_prob(0.4, block, shape[2:], placement, rule)
+    gamma = window_drop_prob(0.4, block, shape[2:], boundary, rule)
     assert 0.0 < gamma < 1.0
-    mu = drop_block_keep_prob(shape[2:], block, placement, gamma)
+    mu = drop_block_keep_prob(shape[2:], block, boundary, gamma)
     assert torch.all(mu > 0) and torch.all(mu <= 1)
 
 
 def test_block_one_is_dropout():
-    for placement in PLACEMENTS:
+    for boundary in BOUNDARIES:
         for rule in RULES:
-            assert window_drop_prob(0.3, 1, (5, 6), placement, rule) == pytest.approx(
-                0.3, rel=1e-14
-            )
+            assert window_drop_prob(0.3, 1, (5, 6), boundary, rule) == pytest.approx(0.3, rel=1e-14)
     mu = drop_block_keep_prob((5, 6), 1, "valid", 0.3)
     np.testing.assert_allclose(mu.numpy(), 0.7, rtol=1e-14)
 
@@ -393,13 +392,13 @@ def test_1d_and_3d_entry_points():
     assert (out == 0).any()
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("scale", ["expected", "batch"])
-def test_gradcheck(placement, scale):
+def test_gradcheck(boundary, scale):
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
 
     def function(t):
-        return drop_block2d(t, 0.3, (2, 3), placement=placement, scale=scale, generator=gen(6))
+        return drop_block2d(t, 0.3, (2, 3), boundary=boundary, scale=scale, generator=gen(6))
 
     assert torch.autograd.gradcheck(function, (x,))
     assert torch.autograd.gradgradcheck(function, (x,))
@@ -409,17 +408,17 @@ def test_gradcheck(placement, scale):
 @given(
     spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
     block=st.integers(1, 10),
-    placement=st.sampled_from(PLACEMENTS),
+    boundary=st.sampled_from(BOUNDARIES),
     rule=st.sampled_from(RULES),
     p=st.floats(0.0, 0.95),
     seed=st.integers(0, 2**31),
 )
-def test_kept_units_carry_input_over_keep_prob(spatial, block, placement, rule, p, seed):
+def test_kept_units_carry_input_over_keep_prob(spatial, block, boundary, rule, p, seed):
     x = torch.rand(3, 2, *spatial, dtype=torch.float64) + 1.0
-    out = drop_block(x, p, block, placement=placement, gamma=rule, generator=gen(seed))
+    out = drop_block(x, p, block, boundary=boundary, gamma=rule, generator=gen(seed))
     assert torch.isfinite(out).all()
-    gamma = window_drop_prob(p, block, spatial, placement, rule)
-    mu = drop_block_keep_prob(spatial, block, placement, gamma)
+    gamma = window_drop_prob(p, block, spatial, boundary, rule)
+    mu = drop_block_keep_prob(spatial, block, boundary, gamma)
     kept_mask = out != 0
     torch.testing.assert_close(out[kept_mask], (x / mu)[kept_mask], rtol=1e-12, atol=0)
     if p == 0:
@@ -473,7 +472,7 @@ def test_torch_compile_runs():
         (lambda x: drop_block2d(x, 0.1, 2.5), TypeError, "block_size must be an integer"),
         (lambda x: drop_block2d(x, 0.1, (3, 3, 3)), ValueError, r"block_size .* 2 ints"),
         (lambda x: drop_block2d(x, 0.1, (3, 0)), ValueError, "block_size must be >= 1"),
-        (lambda x: drop_block2d(x, 0.1, 3, placement="same"), ValueError, "placement .* 'same'"),
+        (lambda x: drop_block2d(x, 0.1, 3, boundary="same"), ValueError, "boundary .* 'same'"),
         (lambda x: drop_block2d(x, 0.1, 3, gamma="paper"), ValueError, "gamma .* 'paper'"),
         (lambda x: drop_block2d(x, 0.1, 3, gamma=1.5), ValueError, "gamma must be in"),
         (lambda x: drop_block2d(x, 0.1, 3, gamma=True), TypeError, "gamma must be"),
@@ -495,7 +494,7 @@ def test_torch_compile_runs():
         (lambda x: window_drop_prob(0.1, 3, (8, 8), rule="x"), ValueError, "rule .* 'x'"),
         (lambda x: window_drop_prob(0.1, 3, (0, 8)), ValueError, "spatial_shape"),
         (lambda x: drop_block_keep_prob((8, 8), 3, "valid", "mean"), TypeError, "gamma"),
-        (lambda x: drop_block_keep_prob((8,), 3, "ring", 0.1), ValueError, "placement"),
+        (lambda x: drop_block_keep_prob((8,), 3, "ring", 0.1), ValueError, "boundary .* 'ring'"),
     ],
 )
 def test_bad_inputs(call, error, match):

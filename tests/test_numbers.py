@@ -22,18 +22,13 @@ import torch
 from torch import nn
 
 import structdrop as sd
+from oracles import as_numpy
 from structdrop import nn as sdnn
 from structdrop.linear import fit_sgd
 from structdrop.nn import functional as F
 
 # Same formula, same float64 data, different array library or product order: rounding only.
 SAME_RTOL = 1e-12
-
-
-def _np(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +54,7 @@ def _data(seed: int = 0) -> tuple[np.ndarray, ...]:
 
 
 def _features(V, X):
-    return V.T @ X if isinstance(X, torch.Tensor) else _np(V).T @ X
+    return V.T @ X if isinstance(X, torch.Tensor) else as_numpy(V).T @ X
 
 
 # name -> f(X, Y, U, V, scheme); every public evaluation of objectives.py that takes arrays
@@ -93,9 +88,9 @@ def test_numpy_data_with_torch_factors_gives_torch_value_and_gradient(name, sche
     Ur = torch.tensor(U, requires_grad=True)
     Vr = torch.tensor(V, requires_grad=True)
     f(torch.from_numpy(X), torch.from_numpy(Y), Ur, Vr, scheme).backward()
-    np.testing.assert_allclose(_np(Ut.grad), _np(Ur.grad), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(Ut.grad), as_numpy(Ur.grad), rtol=1e-10, atol=1e-12)
     if name != "penalty":
-        np.testing.assert_allclose(_np(Vt.grad), _np(Vr.grad), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(as_numpy(Vt.grad), as_numpy(Vr.grad), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("scheme", [s for _, s in MIXED_SCHEMES], ids=[n for n, _ in MIXED_SCHEMES])
@@ -121,7 +116,9 @@ def test_mixed_sampled_loss_and_block_norms_match_numpy():
     assert got.stderr == pytest.approx(want.stderr, rel=SAME_RTOL)
     norms = sd.block_norms(torch.from_numpy(U), torch.from_numpy(V), X, 2)
     assert isinstance(norms, torch.Tensor)
-    np.testing.assert_allclose(_np(norms), _np(sd.block_norms(U, V, X, 2)), rtol=SAME_RTOL)
+    np.testing.assert_allclose(
+        as_numpy(norms), as_numpy(sd.block_norms(U, V, X, 2)), rtol=SAME_RTOL
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ LAYERS = [
     ("DropBlock2d batch", lambda: sdnn.DropBlock2d(0.2, 3, scale="batch"), (2, 3, 8, 8)),
     (
         "DropBlock2d shared",
-        lambda: sdnn.DropBlock2d(0.2, 3, placement="clipped", shared_channels=True),
+        lambda: sdnn.DropBlock2d(0.2, 3, boundary="clipped", shared_channels=True),
         (2, 3, 8, 8),
     ),
     ("DropBlock2d batchwise", lambda: sdnn.DropBlock2d(0.2, 3, batchwise=True), (2, 3, 8, 8)),
@@ -472,10 +469,12 @@ def test_value_gradient_is_danskins_and_values_equal_numpy():
         value = getattr(opt, field)
         assert isinstance(value, torch.Tensor)
         assert value.requires_grad, field
-        np.testing.assert_allclose(_np(value), _np(getattr(ref, field)), rtol=SAME_RTOL, atol=0)
+        np.testing.assert_allclose(
+            as_numpy(value), as_numpy(getattr(ref, field)), rtol=SAME_RTOL, atol=0
+        )
     opt.value.backward()
     # F*(Y) = min_A ||Y - A||^2 + beta ||A||_(r)^2 over the row space: dF*/dY = 2 (Y - A*).
-    np.testing.assert_allclose(_np(Yt.grad), 2.0 * (Y - ref.prediction), atol=1e-10)
+    np.testing.assert_allclose(as_numpy(Yt.grad), 2.0 * (Y - ref.prediction), atol=1e-10)
 
 
 def test_autograd_at_extreme_scale_and_in_float32():
@@ -486,7 +485,7 @@ def test_autograd_at_extreme_scale_and_in_float32():
     opt = sd.global_minimum(torch.tensor(c * X), Yt, scheme, 4)
     opt.value.backward()
     ref = sd.global_minimum(X, Y, scheme, 4)
-    np.testing.assert_allclose(_np(Yt.grad) / c, 2.0 * (Y - ref.prediction), atol=1e-10)
+    np.testing.assert_allclose(as_numpy(Yt.grad) / c, 2.0 * (Y - ref.prediction), atol=1e-10)
     X32 = torch.tensor(X, dtype=torch.float32, requires_grad=True)
     opt32 = sd.global_minimum(X32, torch.tensor(Y, dtype=torch.float32), scheme, 4)
     assert opt32.prediction.dtype == torch.float32

@@ -6,8 +6,8 @@ Oracles, all independent of the library:
   min {tr(B^T T^-1 B) : 0 <= T <= I, tr T <= r} (cp.matrix_frac);
 - an exhaustive search over the (rho, lambda) candidates of the paper's Thm 2.7, with rho over
   {1..r}, each scored with the k-support norm computed by the rho rule of Argyriou et al.;
-- closed forms for r = 1 (squared-nuclear-norm soft threshold) and r >= rank (ridge);
-- L-BFGS on the non-convex expected loss of the factorized network U V^T X, from random starts.
+- closed forms for r = 1 (squared-nuclear-norm soft threshold) and r >= rank (ridge).
+The factorized network U V^T X trained by L-BFGS is in test_optimum_factorized.py.
 """
 
 import math
@@ -19,15 +19,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import minimize
 
 import structdrop as sd
+from oracles import (
+    CVX_RTOL,
+    SOLVER_TOL,
+    as_numpy,
+    ksupport_sq,
+    spectral_ksupport_constraints,
+    with_spectrum,
+)
+from structdrop.schemes import IndependentBlocks
 
-# CLARABEL tolerances: with 1e-8 it reports "optimal" on these problems; observed objective
-# errors are about 1e-8 relative.
-SOLVER_TOL = {"tol_gap_abs": 1e-8, "tol_gap_rel": 1e-8, "tol_feas": 1e-8}
-# Optimal values from CVXPY are compared at 1e-6 relative: two orders above the solver error.
-CVX_RTOL = 1e-6
 # Closed forms against the library: both are O(n) formulas after an SVD of a matrix with
 # entries O(10); rounding is ~1e-14 relative, so 1e-10 leaves a wide margin.
 EXACT_RTOL = 1e-10
@@ -36,28 +39,12 @@ EXACT_RTOL = 1e-10
 # ----------------------------------------------------------------------------------------------
 # Independent oracles
 # ----------------------------------------------------------------------------------------------
-def _ksq(w, k):
-    """||w||_(k)^2 by the rho rule (Argyriou et al. 2012, Prop 2.1), w padded with zeros to k."""
-    a = np.sort(np.abs(np.asarray(w, dtype=float)))[::-1]
-    a = np.concatenate([a, np.zeros(max(0, k - a.size))])
-    best = None
-    for rho in range(1, k + 1):
-        s = a[rho - 1 :].sum()
-        q = s / (k - rho + 1)
-        prev = math.inf if rho == 1 else a[rho - 2]
-        violation = max(0.0, q - prev, a[rho - 1] - q)
-        value = float(np.sum(a[: rho - 1] ** 2) + s**2 / (k - rho + 1))
-        if best is None or violation < best[0]:
-            best = (violation, value)
-    return best[1]
-
-
 def _spectral_objective(m, x, beta, r):
     """F on singular values: ||m - x||^2 + beta ||x||_(r)^2 (same singular vectors)."""
     n = max(len(m), len(x))
     m = np.pad(np.asarray(m, float), (0, n - len(m)))
     x = np.pad(np.asarray(x, float), (0, n - len(x)))
-    return float(np.sum((m - x) ** 2) + beta * _ksq(x, r))
+    return float(np.sum((m - x) ** 2) + beta * ksupport_sq(x, r))
 
 
 def _thm27_candidate(m, beta, r, rho, lam, clip=False):
@@ -147,7 +134,7 @@ def _cvx_global(X, Y, beta, r):
         + cp.sum_squares(B)
         + beta * cp.matrix_frac(B, T)
     )
-    constraints = [T >> 0, np.eye(a) - T >> 0, cp.trace(T) <= r]
+    constraints = spectral_ksupport_constraints(T, a, r)
     problem = cp.Problem(cp.Minimize(objective), constraints)
     problem.solve(solver="CLARABEL", **SOLVER_TOL)
     assert problem.status == "optimal"
@@ -155,24 +142,7 @@ def _cvx_global(X, Y, beta, r):
 
 
 def _matrix_objective(Y, A, beta, r):
-    return float(np.sum((Y - A) ** 2) + beta * _ksq(np.linalg.svd(A, compute_uv=False), r))
-
-
-def _orthonormal(rng, n, k):
-    q, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    return q
-
-
-def _with_spectrum(rng, spectrum, N):
-    """Y (a x N) with the given singular values, a = len(spectrum)."""
-    a = len(spectrum)
-    return _orthonormal(rng, a, a) @ np.diag(spectrum) @ _orthonormal(rng, N, a).T
-
-
-def _np(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value, dtype=float)
+    return float(np.sum((Y - A) ** 2) + beta * ksupport_sq(np.linalg.svd(A, compute_uv=False), r))
 
 
 def _pad(v, n):
@@ -239,22 +209,18 @@ def _case(name):
         return X, Y, sd.GridBlock(0.6, 2), 4
     if name == "dominant head":  # rho* = r = 2
         X = rng.standard_normal((4, 4))
-        return X, _with_spectrum(rng, [10.0, 1.0, 1.0], 4), sd.GridBlock(2 / 3, 2), 4
+        return X, with_spectrum(rng, [10.0, 1.0, 1.0], 4), sd.GridBlock(2 / 3, 2), 4
     raise KeyError(name)
-
-
-def _r(scheme):
-    return scheme.block_size if isinstance(scheme, sd.GridBlock) else 1
 
 
 @pytest.mark.parametrize("name", ["N<b", "N>b noisy", "X rank 2", "dominant head"])
 def test_global_minimum_matches_cvxpy_sdp(name):
     X, Y, scheme, width = _case(name)
-    r = _r(scheme)
+    r = scheme.sampler.block_size
     opt = sd.global_minimum(X, Y, scheme, width)
     beta = _beta(scheme.p, r, width)
     value_cvx, A_cvx = _cvx_global(X, Y, beta, r)
-    A = _np(opt.prediction)
+    A = as_numpy(opt.prediction)
     # Value: SDP accuracy, CVX_RTOL.
     assert float(opt.value) == pytest.approx(value_cvx, rel=CVX_RTOL)
     # Prediction: F is 2-strongly convex in A, so ||A_cvx - A*||^2 <= F(A_cvx) - F*; this bounds
@@ -263,8 +229,8 @@ def test_global_minimum_matches_cvxpy_sdp(name):
     assert np.sum((A_cvx - A) ** 2) <= gap + 1e-12 * float(opt.value)
     # Singular values: Mirsky's inequality, ||sigma(A) - sigma(B)||_2 <= ||A - B||_F.
     s_cvx = np.linalg.svd(A_cvx, compute_uv=False)
-    n = max(s_cvx.size, _np(opt.singular_values).size)
-    dist = np.linalg.norm(_pad(s_cvx, n) - _pad(_np(opt.singular_values), n))
+    n = max(s_cvx.size, as_numpy(opt.singular_values).size)
+    dist = np.linalg.norm(_pad(s_cvx, n) - _pad(as_numpy(opt.singular_values), n))
     assert dist <= math.sqrt(max(gap, 0.0) + 1e-12 * float(opt.value))
     if name == "N>b noisy":
         assert float(opt.residual) > 0.1  # the noise really leaves the row space
@@ -276,13 +242,13 @@ def test_global_minimum_matches_cvxpy_sdp(name):
 @pytest.mark.parametrize("name", ["N<b", "N>b noisy", "X rank 2", "X rank 3, r=2", "dominant head"])
 def test_global_minimum_fields_recomputed(name):
     X, Y, scheme, width = _case(name)
-    r = _r(scheme)
+    r = scheme.sampler.block_size
     opt = sd.global_minimum(X, Y, scheme, width)
     beta = _beta(scheme.p, r, width)
     f_star, x_star, m, residual = _oracle(X, Y, beta, r)
-    A, W = _np(opt.prediction), _np(opt.weights)
-    x = _np(opt.singular_values)
-    n = max(m.size, x.size, _np(opt.target_singular_values).size)
+    A, W = as_numpy(opt.prediction), as_numpy(opt.weights)
+    x = as_numpy(opt.singular_values)
+    n = max(m.size, x.size, as_numpy(opt.target_singular_values).size)
     scale = float(np.sum(Y**2))
 
     assert opt.beta == pytest.approx(beta, rel=1e-12)
@@ -296,7 +262,7 @@ def test_global_minimum_fields_recomputed(name):
     # Residual and target singular values (of Y P).
     assert float(opt.residual) == pytest.approx(residual, rel=EXACT_RTOL, abs=1e-10 * scale)
     np.testing.assert_allclose(
-        _pad(_np(opt.target_singular_values), n), _pad(m, n), atol=1e-10 * m.max()
+        _pad(as_numpy(opt.target_singular_values), n), _pad(m, n), atol=1e-10 * m.max()
     )
     # Singular values: those of the prediction, and the Thm 2.7 search's optimum.
     np.testing.assert_allclose(
@@ -340,11 +306,11 @@ def test_global_minimum_property_matches_thm27_search(sizes, p, grid, seed):
     scheme = sd.GridBlock(p, r) if grid else sd.Bernoulli(p)
     opt = sd.global_minimum(X, Y, scheme, width)
     f_star, x_star, m, _ = _oracle(X, Y, _beta(p, r, width), r)
-    n = max(m.size, _np(opt.singular_values).size)
+    n = max(m.size, as_numpy(opt.singular_values).size)
     # EXACT_RTOL (closed forms); absolute floor 1e-12 of ||Y||^2 for value ~ 0 when p = 0.
     assert float(opt.value) == pytest.approx(f_star, rel=EXACT_RTOL, abs=1e-12 * np.sum(Y**2))
     np.testing.assert_allclose(
-        _pad(_np(opt.singular_values), n), _pad(x_star, n), atol=1e-10 * max(m.max(), 1e-300)
+        _pad(as_numpy(opt.singular_values), n), _pad(x_star, n), atol=1e-10 * max(m.max(), 1e-300)
     )
 
 
@@ -352,7 +318,7 @@ def test_zero_target_gives_zero_optimum():
     X = np.random.default_rng(0).standard_normal((3, 5))
     opt = sd.global_minimum(X, np.zeros((2, 5)), sd.GridBlock(0.5, 2), 4)
     assert float(opt.value) == 0.0
-    assert np.all(_np(opt.prediction) == 0.0)
+    assert np.all(as_numpy(opt.prediction) == 0.0)
     assert opt.rank == 0
 
 
@@ -363,13 +329,13 @@ def test_zero_target_gives_zero_optimum():
 def test_r1_is_squared_nuclear_norm_soft_threshold(scheme):
     rng = np.random.default_rng(11)
     X = rng.standard_normal((6, 5))  # full column rank: P = I
-    Y = _with_spectrum(rng, [4.0, 3.0, 1.5, 0.4], 5)
+    Y = with_spectrum(rng, [4.0, 3.0, 1.5, 0.4], 5)
     width = 3
     beta = _beta(scheme.p, 1, width)
     opt = sd.global_minimum(X, Y, scheme, width)
     want = _soft_threshold_sq_nuclear([4.0, 3.0, 1.5, 0.4], beta)
     # Closed form: EXACT_RTOL scaled to the largest singular value.
-    np.testing.assert_allclose(_pad(_np(opt.singular_values), 4), want, atol=1e-10 * 4.0)
+    np.testing.assert_allclose(_pad(as_numpy(opt.singular_values), 4), want, atol=1e-10 * 4.0)
     assert want[-1] == 0.0  # the threshold really cuts (the case is not plain shrinkage)
     assert opt.rho == 1
     assert opt.rank == int(np.sum(want > 0))
@@ -381,15 +347,15 @@ def test_r1_is_squared_nuclear_norm_soft_threshold(scheme):
 def test_r_at_least_rank_is_ridge(r, width):
     rng = np.random.default_rng(12)
     X = rng.standard_normal((6, 5))  # full column rank
-    Y = _with_spectrum(rng, [5.0, 0.5], 5)  # rank 2 <= r
+    Y = with_spectrum(rng, [5.0, 0.5], 5)  # rank 2 <= r
     scheme = sd.GridBlock(0.4, r)
     beta = _beta(0.4, r, width)
     opt = sd.global_minimum(X, Y, scheme, width)
     # Ridge m/(1+beta); prediction Y/(1+beta) (P = I). Closed form: 1e-10.
     np.testing.assert_allclose(
-        _pad(_np(opt.singular_values), 2)[:2], np.array([5.0, 0.5]) / (1 + beta), rtol=1e-10
+        _pad(as_numpy(opt.singular_values), 2)[:2], np.array([5.0, 0.5]) / (1 + beta), rtol=1e-10
     )
-    np.testing.assert_allclose(_np(opt.prediction), Y / (1 + beta), atol=1e-10 * 5.0)
+    np.testing.assert_allclose(as_numpy(opt.prediction), Y / (1 + beta), atol=1e-10 * 5.0)
     assert opt.rank == 2
 
 
@@ -401,7 +367,7 @@ def _dominant_head_problem():
     # beta = (r/d)(1-theta)/theta = 1 at d = 4 needs (1-theta)/theta = 2: p = 2/3.
     rng = np.random.default_rng(13)
     X = rng.standard_normal((4, 3))  # full column rank: P = I
-    Y = _with_spectrum(rng, [10.0, 1.0, 1.0], 3)
+    Y = with_spectrum(rng, [10.0, 1.0, 1.0], 3)
     return X, Y, sd.GridBlock(2 / 3, 2), 4
 
 
@@ -411,7 +377,7 @@ def test_dominant_head_notes_example_and_paper_rho_range_is_suboptimal():
     m = np.array([10.0, 1.0, 1.0])
     assert opt.beta == pytest.approx(1.0, rel=1e-12)
     # Exact numbers (rounding only): 1e-10.
-    np.testing.assert_allclose(_np(opt.singular_values)[:3], [5.0, 1 / 3, 1 / 3], rtol=1e-10)
+    np.testing.assert_allclose(as_numpy(opt.singular_values)[:3], [5.0, 1 / 3, 1 / 3], rtol=1e-10)
     f_star = 25.0 + 2 * (2 / 3) ** 2 + (25.0 + (2 / 3) ** 2)  # ||m-x||^2 + ||x||_(2)^2
     assert float(opt.value) == pytest.approx(f_star, rel=1e-10)
     assert opt.rho == 2
@@ -426,13 +392,15 @@ def test_dominant_head_notes_example_and_paper_rho_range_is_suboptimal():
 @pytest.mark.parametrize("name", ["N<b", "N>b noisy", "X rank 3, r=2", "dominant head"])
 def test_thm27_with_rho_up_to_r_matches_library(name):
     X, Y, scheme, width = _case(name)
-    r = _r(scheme)
+    r = scheme.sampler.block_size
     opt = sd.global_minimum(X, Y, scheme, width)
-    m = _np(opt.target_singular_values)
+    m = as_numpy(opt.target_singular_values)
     f, x = _thm27_best(m, float(opt.beta), r, range(1, r + 1))
     # Closed form against closed form: EXACT_RTOL.
-    n = max(x.size, _np(opt.singular_values).size)
-    np.testing.assert_allclose(_pad(_np(opt.singular_values), n), _pad(x, n), atol=1e-10 * m[0])
+    n = max(x.size, as_numpy(opt.singular_values).size)
+    np.testing.assert_allclose(
+        _pad(as_numpy(opt.singular_values), n), _pad(x, n), atol=1e-10 * m[0]
+    )
     assert float(opt.value) == pytest.approx(float(opt.residual) + f, rel=EXACT_RTOL)
 
 
@@ -471,138 +439,26 @@ def test_grid_equals_bernoulli_when_rho_is_one_and_differs_for_dominant_head():
     p, r, width = 0.5, 2, 4
     # Flat spectrum: Dropout's optimum has r x_1 <= sum x, so rho* = 1 and
     # beta_grid ||A||_(r)^2 = (beta_grid / r) ||A||_*^2 = beta_bernoulli ||A||_*^2 there.
-    Y = _with_spectrum(rng, [3.0, 2.6, 2.2], 4)
+    Y = with_spectrum(rng, [3.0, 2.6, 2.2], 4)
     bern = sd.global_minimum(X, Y, sd.Bernoulli(p), width)
     grid = sd.global_minimum(X, Y, sd.GridBlock(p, r), width)
-    xb = _np(bern.singular_values)
+    xb = as_numpy(bern.singular_values)
     assert r * xb[0] <= xb.sum()  # precondition: the case really has rho* = 1
     assert grid.rho == 1
     # Same optimum; closed forms, EXACT_RTOL.
     assert float(grid.value) == pytest.approx(float(bern.value), rel=EXACT_RTOL)
-    np.testing.assert_allclose(_np(grid.prediction), _np(bern.prediction), atol=1e-10 * 3.0)
+    np.testing.assert_allclose(
+        as_numpy(grid.prediction), as_numpy(bern.prediction), atol=1e-10 * 3.0
+    )
     # Dominant head: Dropout's optimum has r x_1 > sum x; DropBlock's optimum is strictly worse
     # (its regularizer is >= Dropout's everywhere and larger at Dropout's minimizer).
-    Y = _with_spectrum(rng, [10.0, 1.0, 1.0], 4)
+    Y = with_spectrum(rng, [10.0, 1.0, 1.0], 4)
     bern = sd.global_minimum(X, Y, sd.Bernoulli(p), width)
     grid = sd.global_minimum(X, Y, sd.GridBlock(p, r), width)
-    xb = _np(bern.singular_values)
+    xb = as_numpy(bern.singular_values)
     assert r * xb[0] > xb.sum()
     assert float(grid.value) > float(bern.value) * (1 + 1e-3)
     assert grid.rho == 2
-
-
-# ----------------------------------------------------------------------------------------------
-# The non-convex factorized objective reaches the bound (L-BFGS)
-# ----------------------------------------------------------------------------------------------
-def _factorized_objective(X, Y, scheme, width):
-    """Expected loss at width d in Gram form, with its gradient (written independently).
-
-    f = ||Y||^2 - 2 <U, Y X^T V> + <(U^T U) * H, V^T X X^T V>, H = 1 + (1-theta)/theta * M with
-    M = blockdiag(ones(r, r)) (Lemma 2.1; M = I for Dropout).
-    """
-    a, b = Y.shape[0], X.shape[0]
-    r = _r(scheme)
-    c = scheme.p / (1 - scheme.p)
-    H = 1.0 + c * np.kron(np.eye(width // r), np.ones((r, r)))
-    G, C, yy = X @ X.T, Y @ X.T, float(np.sum(Y**2))
-
-    def f(z):
-        U = z[: a * width].reshape(a, width)
-        V = z[a * width :].reshape(b, width)
-        K, UU = V.T @ G @ V, U.T @ U
-        value = yy - 2 * np.sum(U * (C @ V)) + np.sum(UU * H * K)
-        gU = -2 * C @ V + 2 * U @ (K * H)
-        gV = -2 * C.T @ U + 2 * G @ V @ (UU * H)
-        return value, np.concatenate([gU.ravel(), gV.ravel()])
-
-    return f
-
-
-def _lbfgs_case(name):
-    rng = np.random.default_rng(sum(map(ord, name)))
-    if name == "grid r=2 noisy":
-        X = rng.standard_normal((5, 12))
-        return X, rng.standard_normal((4, 12)), sd.GridBlock(0.5, 2), 8
-    if name == "grid r=2 dominant head":
-        X = rng.standard_normal((4, 3))
-        return X, _with_spectrum(rng, [10.0, 1.0, 1.0], 3), sd.GridBlock(0.5, 2), 6
-    if name == "grid r=3":
-        X = rng.standard_normal((4, 10))
-        return X, rng.standard_normal((3, 10)), sd.GridBlock(0.4, 3), 6
-    if name == "bernoulli":
-        X = rng.standard_normal((3, 10))
-        return X, rng.standard_normal((4, 10)), sd.Bernoulli(0.3), 6
-    raise KeyError(name)
-
-
-@pytest.mark.parametrize(
-    "name", ["grid r=2 noisy", "grid r=2 dominant head", "grid r=3", "bernoulli"]
-)
-def test_lbfgs_on_nonconvex_objective_reaches_global_minimum_balanced(name):
-    X, Y, scheme, width = _lbfgs_case(name)
-    a, b, r = Y.shape[0], X.shape[0], _r(scheme)
-    opt = sd.global_minimum(X, Y, scheme, width)
-    f_star = float(opt.value)
-    f = _factorized_objective(X, Y, scheme, width)
-    rng = np.random.default_rng(0)
-    best = None
-    for _ in range(3):
-        z0 = 0.5 * rng.standard_normal((a + b) * width)
-        res = minimize(
-            f,
-            z0,
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 20000, "maxfun": 40000, "ftol": 1e-16, "gtol": 1e-12, "maxcor": 30},
-        )
-        U = res.x[: a * width].reshape(a, width)
-        V = res.x[a * width :].reshape(b, width)
-        # The library's expected loss is the objective being minimised (rounding: 1e-10).
-        lib = float(_np(sd.expected_loss(Y, U, V, X, scheme)))
-        assert lib == pytest.approx(res.fun, rel=1e-10)
-        # F* is a lower bound: never beaten beyond rounding (1e-8 relative).
-        assert lib >= f_star * (1 - 1e-8)
-        if best is None or lib < best[0]:
-            best = (lib, U, V)
-    lib, U, V = best
-    # Reached to 1e-6 relative (observed ~1e-15 with these tolerances).
-    assert lib <= f_star * (1 + 1e-6)
-    # The prediction: f(U, V) >= F(U V^T X) >= F* + ||U V^T X - A*||^2 (2-strong convexity).
-    A = U @ V.T @ X
-    assert np.sum((A - _np(opt.prediction)) ** 2) <= lib - f_star + 1e-8 * f_star
-    # Balanced blocks (Thm 2.5): at a minimizer every block is nonzero (splitting a block into
-    # an empty one lowers the sum of squares) and all ||U_i V_i^T X||_F are equal. Observed
-    # spread ~1e-7 relative; an imbalance costs the objective quadratically, so 1e-4 is safe.
-    norms = _np(sd.block_norms(U, V, X, r))
-    mine = [
-        np.linalg.norm(U[:, i * r : (i + 1) * r] @ V[:, i * r : (i + 1) * r].T @ X)
-        for i in range(width // r)
-    ]
-    np.testing.assert_allclose(norms, mine, rtol=1e-10)
-    assert norms.min() > 0
-    assert np.ptp(norms) <= 1e-4 * norms.max()
-
-
-def test_expected_loss_matches_independent_objective_at_random_points():
-    X, Y, scheme, width = _lbfgs_case("grid r=3")
-    f = _factorized_objective(X, Y, scheme, width)
-    rng = np.random.default_rng(1)
-    a, b = Y.shape[0], X.shape[0]
-    for _ in range(3):
-        z = rng.standard_normal((a + b) * width)
-        U, V = z[: a * width].reshape(a, width), z[a * width :].reshape(b, width)
-        # Same quantity, two codes: rounding only, 1e-10.
-        assert float(_np(sd.expected_loss(Y, U, V, X, scheme))) == pytest.approx(f(z)[0], rel=1e-10)
-
-
-def test_block_norms_values_and_bad_width():
-    rng = np.random.default_rng(2)
-    U, V, X = rng.standard_normal((3, 6)), rng.standard_normal((4, 6)), rng.standard_normal((4, 5))
-    got = _np(sd.block_norms(U, V, X, 3))
-    want = [np.linalg.norm(U[:, :3] @ V[:, :3].T @ X), np.linalg.norm(U[:, 3:] @ V[:, 3:].T @ X)]
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    with pytest.raises(ValueError, match="4"):
-        sd.block_norms(U, V, X, 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,6 +481,49 @@ def test_other_schemes_raise_value_error(scheme):
     X, Y = _xy()
     with pytest.raises(ValueError):
         sd.global_minimum(X, Y, scheme, 4)
+
+
+class _PairsOfUnits(sd.Scheme):
+    """Blocks of two units kept together with probability 1 - p, written from scratch (not a
+    GridBlock): the closed form asks the law how it is drawn, not what class it is."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    @property
+    def keep_prob(self) -> float:
+        return 1.0 - self.p
+
+    @property
+    def sampler(self) -> IndependentBlocks:
+        return IndependentBlocks(self.keep_prob, 2)
+
+    def mean(self, d):
+        return np.full(d, self.keep_prob)
+
+    def second_moment(self, d):
+        theta = self.keep_prob
+        return theta * theta + (theta - theta * theta) * np.kron(np.eye(d // 2), np.ones((2, 2)))
+
+    def _sample(self, n, d, rng):
+        return np.repeat((rng.random((n, d // 2)) < self.keep_prob).astype(float), 2, axis=1)
+
+
+def test_any_law_of_independent_blocks_of_units_has_the_closed_form():
+    X, Y = _xy()
+    ours = sd.global_minimum(X, Y, _PairsOfUnits(0.3), 4)
+    grid = sd.global_minimum(X, Y, sd.GridBlock(0.3, 2), 4)
+    assert ours.block_size == 2
+    assert ours.beta == grid.beta
+    assert ours.value == grid.value
+    np.testing.assert_array_equal(ours.prediction, grid.prediction)
+    assert sd.regularization_strength(_PairsOfUnits(0.3), 4) == pytest.approx(2 / 4 * 0.3 / 0.7)
+
+
+def test_a_non_law_raises_type_error():
+    X, Y = _xy()
+    with pytest.raises(TypeError, match=r"scheme must be a structdrop Scheme, got 0\.3"):
+        sd.global_minimum(X, Y, 0.3, 4)
 
 
 def test_mismatched_shapes_raise_value_error_with_the_shapes():
@@ -665,7 +564,7 @@ def test_torch_inputs_give_torch_outputs():
     assert isinstance(opt.weights, torch.Tensor)
     assert opt.prediction.dtype == torch.float64
     # Same computation in another array library: 1e-10.
-    np.testing.assert_allclose(opt.prediction.numpy(), _np(ref.prediction), atol=1e-10)
-    np.testing.assert_allclose(opt.weights.numpy(), _np(ref.weights), atol=1e-10)
+    np.testing.assert_allclose(opt.prediction.numpy(), as_numpy(ref.prediction), atol=1e-10)
+    np.testing.assert_allclose(opt.weights.numpy(), as_numpy(ref.weights), atol=1e-10)
     assert float(opt.value) == pytest.approx(float(ref.value), rel=1e-10)
     assert isinstance(ref.prediction, np.ndarray)

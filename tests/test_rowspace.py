@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import structdrop as sd
 from structdrop import _rowspace, _threads
 from structdrop import optimum as optimum_module
+from structdrop._arrays import binary_exponent
 
 # Agreement of the routes on well-conditioned data (cond(X) <= 1e3): the Gram route's rounding
 # is about eps * cond(X)^2 <= 2.2e-10 relative, so 1e-9 has a margin of ~5x at the worst case.
@@ -37,8 +38,8 @@ def _both_routes(X: np.ndarray, Y: np.ndarray, scheme: sd.Scheme, width: int):
     beta = sd.regularization_strength(scheme, width)
     r = scheme.block_size
     return (
-        optimum_module._solve(X, Y, beta, r, route="auto"),
-        optimum_module._solve(X, Y, beta, r, route="svd"),
+        optimum_module.solve_unit_scale(X, Y, beta, r, route="auto"),
+        optimum_module.solve_unit_scale(X, Y, beta, r, route="svd"),
     )
 
 
@@ -134,14 +135,14 @@ def test_global_minimum_takes_the_gram_route_and_matches_cvxpy_values() -> None:
     X, Y = _data(rng, 6, 10, 50, condition=50.0)
     scheme = sd.GridBlock(0.5, 2)
     opt = sd.global_minimum(X, Y, scheme, 6)
-    exact = optimum_module._solve(
-        np.ldexp(X, -optimum_module.binary_exponent(X)),
-        np.ldexp(Y, -optimum_module.binary_exponent(Y)),
+    exact = optimum_module.solve_unit_scale(
+        np.ldexp(X, -binary_exponent(X)),
+        np.ldexp(Y, -binary_exponent(Y)),
         sd.regularization_strength(scheme, 6),
         2,
         route="svd",
     )
-    scale = 2.0 ** (2 * optimum_module.binary_exponent(Y))
+    scale = 2.0 ** (2 * binary_exponent(Y))
     assert opt.value == pytest.approx(exact.value * scale, rel=ROUTES_RTOL)
 
 

@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 
 import structdrop as sd
 from oracles import (
+    BOUNDARIES,
     bernoulli_law,
     grid_law,
     moments,
     sliding_law,
 )
-
-BOUNDARIES = ("valid", "clipped", "ring")
 
 # Exact moments are sums of at most 2**8 = 256 probability-weighted terms with entries in
 # [0, 1] (a few units for the real-valued laws), so both sides carry rounding errors of a few
@@ -503,26 +502,27 @@ def test_discrete_sample_with_fewer_than_one_mask_is_rejected():
 # ------------------------------------------------------------------------------------------------
 # Identity: to_dict / from_dict
 # ------------------------------------------------------------------------------------------------
-def _every_law(draw) -> sd.Scheme:
+def _every_law(draw) -> tuple[sd.Scheme, int]:
+    """A law and a width it acts on."""
     p = draw(st.floats(0.0, 0.99))
     r = draw(st.integers(1, 6))
     kind = draw(st.sampled_from(["bernoulli", "grid", "sliding", "dropconnect", "discrete"]))
     if kind == "bernoulli":
-        return sd.Bernoulli(p)
+        return sd.Bernoulli(p), 2
     if kind == "grid":
-        return sd.GridBlock(p, r)
+        return sd.GridBlock(p, r), 2 * r
     if kind == "dropconnect":
-        return sd.DropConnect(p)
+        return sd.DropConnect(p), 2
     if kind == "sliding":
-        boundary = draw(st.sampled_from(["valid", "clipped", "ring"]))
+        boundary = draw(st.sampled_from(BOUNDARIES))
         gamma = draw(st.none() | st.floats(0.0, 0.99))
-        return sd.SlidingBlock(p, r, boundary, gamma=gamma)
+        return sd.SlidingBlock(p, r, boundary, gamma=gamma), 2 * r
     m, d = draw(st.integers(1, 4)), draw(st.integers(1, 5))
     masks = draw(
         st.lists(st.lists(st.floats(0.1, 3.0), min_size=d, max_size=d), min_size=m, max_size=m)
     )
     weights = np.array(draw(st.lists(st.floats(0.01, 1.0), min_size=m, max_size=m)))
-    return sd.Discrete(np.array(masks), weights / weights.sum())
+    return sd.Discrete(np.array(masks), weights / weights.sum()), d
 
 
 @settings(max_examples=60)
@@ -530,12 +530,11 @@ def _every_law(draw) -> sd.Scheme:
 def test_every_law_round_trips_through_json(data) -> None:
     """``from_dict(to_dict())`` through a JSON file is the same law, bit for bit: equal, same
     identity, same moments."""
-    law = _every_law(data.draw)
+    law, d = _every_law(data.draw)
     stored = json.loads(json.dumps(law.to_dict(), allow_nan=False))
     back = sd.Scheme.from_dict(stored)
     assert type(back) is type(law) and back == law and hash(back) == hash(law)
     assert back.to_dict() == law.to_dict()
-    d = law.masks.shape[1] if isinstance(law, sd.Discrete) else law.block_size * 2
     np.testing.assert_array_equal(back.mean(d), law.mean(d))
     np.testing.assert_array_equal(back.second_moment(d), law.second_moment(d))
 

@@ -1,9 +1,15 @@
 """structdrop: structured dropout, the regularizers it induces, and their global optimum.
 
 Pal, Lane, Vidal, Haeffele. On the Regularization Properties of Structured Dropout. CVPR 2020.
+
+``import structdrop`` loads NumPy and SciPy only. The rooms that need more are submodules loaded
+on first use, as attributes or by import: :mod:`structdrop.nn` (torch), :mod:`structdrop.linear`
+(numba, when a run starts) and :mod:`structdrop.experiments` (matplotlib).
 """
 
-from ._checkpoint import CheckpointError
+import importlib
+from typing import Any
+
 from .ksupport import (
     ksupport_norm,
     prox_ksupport_sq,
@@ -53,3 +59,22 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: Submodules loaded on first access as ``structdrop.<name>`` (PEP 562).
+_SUBMODULES = ("experiments", "linear", "nn")
+#: Public names loaded with their module on first access: checkpoints need zipfile and json.
+_LAZY_NAMES = {"CheckpointError": "_checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also sets it as an attribute
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES, *_LAZY_NAMES})

@@ -3,20 +3,26 @@
 The objectives run natively on whichever kind they are given (so torch inputs keep autograd and
 their device); the spectral routines compute in float64 NumPy and hand the result back in the
 caller's kind. The working precision is float64 unless every floating input is float32 (or a
-narrower float, which is promoted to float32).
+narrower float, which is promoted to float32). torch is never imported here: a value is a tensor
+only if torch is loaded already (:mod:`structdrop._backend`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import torch
 
+from ._backend import is_tensor
 from ._validation import check_not_meta, check_representable
 
-Array = np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+    #: A NumPy array or a torch tensor (annotations only: torch is not imported at run time).
+    Array: TypeAlias = np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -33,17 +39,21 @@ class Kind:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        import torch  # loaded: a torch kind comes from a tensor
+
         return torch.float64 if self.double else torch.float32
 
 
 def _is_float64(array: Array) -> bool:
-    if isinstance(array, torch.Tensor):
+    if is_tensor(array):
+        import torch  # loaded: array is a tensor
+
         return array.dtype == torch.float64
     return array.dtype == np.float64
 
 
 def _is_float(array: Array) -> bool:
-    if isinstance(array, torch.Tensor):
+    if is_tensor(array):
         return array.is_floating_point()
     return array.dtype.kind == "f"
 
@@ -51,7 +61,7 @@ def _is_float(array: Array) -> bool:
 def common_kind(*arrays: Array) -> Kind:
     """The kind of a computation over ``arrays``: torch if any is a tensor, float64 unless all
     floating inputs are float32 or narrower."""
-    tensors = [a for a in arrays if isinstance(a, torch.Tensor)]
+    tensors = [a for a in arrays if is_tensor(a)]
     floats = [a for a in arrays if _is_float(a)]
     double = not floats or any(_is_float64(a) for a in floats)
     if tensors:
@@ -70,6 +80,8 @@ def convert(array: Array | np.generic | float, kind: Kind) -> Array:
     A 0-d input gives a 0-d result.
     """
     if kind.is_torch:
+        import torch  # loaded: a torch kind comes from a tensor
+
         if not isinstance(array, torch.Tensor):
             array = np.asarray(array)
             # torch shares neither read-only nor non-contiguous memory; 0-d stays 0-d (unlike
@@ -78,7 +90,7 @@ def convert(array: Array | np.generic | float, kind: Kind) -> Array:
                 array = np.array(array, order="C")
             array = torch.from_numpy(array)
         return array.to(device=kind.device, dtype=kind.torch_dtype)
-    if isinstance(array, torch.Tensor):
+    if is_tensor(array):
         array = to_numpy(array)
     dtype = np.float64 if kind.double else np.float32
     if isinstance(array, np.ndarray) and array.dtype == dtype:
@@ -93,7 +105,9 @@ def to_numpy(array: Array, name: str = "array") -> np.ndarray:
         ValueError: ``array`` is a meta tensor (it has no values to copy); the message names it
             as ``name``.
     """
-    if isinstance(array, torch.Tensor):
+    if is_tensor(array):
+        import torch  # loaded: array is a tensor
+
         check_not_meta(array, name)
         return array.detach().to(device="cpu", dtype=torch.float64).numpy()
     return np.asarray(array, dtype=np.float64)

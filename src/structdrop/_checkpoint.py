@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ._backend import is_tensor
 from ._files import write_atomically
 
 __all__ = ["CheckpointError", "check_array", "load_checkpoint", "save_checkpoint"]
@@ -56,18 +56,13 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # State trees <-> (JSON skeleton, arrays)
 # ------------------------------------------------------------------------------------------------
-def _is_tensor(value: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
-
-
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, np.ndarray):
         key = f"a{len(arrays)}"
         arrays[key] = np.ascontiguousarray(value)
         return {_ARRAY: key}
-    if _is_tensor(value):
-        import torch
+    if is_tensor(value):
+        import torch  # loaded: value is a tensor
 
         tensor = value.detach().to("cpu").contiguous()
         dtype = str(tensor.dtype).removeprefix("torch.")
@@ -94,9 +89,11 @@ def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     raise TypeError(f"a checkpoint cannot hold {type(value).__name__} values, got {value!r}")
 
 
-def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+def decode_state(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """The state tree that ``value`` (the JSON skeleton of a checkpoint's state) describes, with
+    the references to ``arrays`` resolved (tensors come back as CPU tensors)."""
     if isinstance(value, list):
-        return [_decode(item, arrays) for item in value]
+        return [decode_state(item, arrays) for item in value]
     if not isinstance(value, dict):
         return value
     if _ARRAY in value:
@@ -109,10 +106,10 @@ def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
             tensor = tensor.view(torch.bfloat16)
         return tensor
     if _DICT in value:
-        return {k: _decode(v, arrays) for k, v in value[_DICT]}
+        return {k: decode_state(v, arrays) for k, v in value[_DICT]}
     if _TUPLE in value:
-        return tuple(_decode(item, arrays) for item in value[_TUPLE])
-    return {k: _decode(v, arrays) for k, v in value.items()}
+        return tuple(decode_state(item, arrays) for item in value[_TUPLE])
+    return {k: decode_state(v, arrays) for k, v in value.items()}
 
 
 def _canonical(value: Any) -> bytes:
@@ -177,11 +174,12 @@ def save_checkpoint(path: str | os.PathLike[str], *, kind: str, identity: Any, s
     return write_atomically(path, lambda stream: _write_archive(stream, header, arrays))
 
 
-def _read(
+def read_archive(
     path: Path,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, tuple[str, list[int], int]]]:
     """The metadata, the arrays and each array's (dtype, shape, CRC-32) of the archive at
-    ``path``, or a CheckpointError."""
+    ``path``, or a CheckpointError; nothing is verified beyond the zip CRCs (see
+    :func:`load_checkpoint`)."""
     if path.is_dir():
         raise CheckpointError(path, "is a folder, not a checkpoint file", "choose a file path")
     try:
@@ -251,7 +249,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         return None
-    meta, arrays, members = _read(path)
+    meta, arrays, members = read_archive(path)
     if meta.get("format") != FORMAT or "digest" not in meta:
         raise CheckpointError(
             path, f"has format {meta.get('format')!r}, not {FORMAT} (another structdrop version)"
@@ -278,7 +276,7 @@ def load_checkpoint(
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             raise CheckpointError(path, f"holds non-finite numbers (array {key})")
     try:
-        state = _decode(meta["state"], arrays)
+        state = decode_state(meta["state"], arrays)
         if check is not None:
             check(state)
     except (ValueError, KeyError, TypeError, IndexError) as error:

@@ -19,6 +19,8 @@ when the Gram matrix's eigenvalues (``s^2``, computed without vectors) are all a
 ``s_max^2 / GRAM_MAX_CONDITION^2``, which bounds that error by ``eps * 1e6 ~ 2e-10``; otherwise
 (ill-conditioned, nearly collinear or rank-deficient X) the SVD route keeps the projection exact
 to rounding, with rank decided by the singular values (``s > s_max * max(b, N) * eps``).
+
+:mod:`scipy.linalg` is imported when a Gram route is first taken, not with the package.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.linalg import cho_solve, cholesky, solve_triangular
 
 __all__ = ["GRAM_MAX_CONDITION", "RowSpace", "row_space"]
 
@@ -60,6 +61,8 @@ class RowSpace:
         if self.route == "svd":
             return self.factor[2]
         if self.route == "gram":
+            from scipy.linalg import solve_triangular
+
             return solve_triangular(self.factor, self.x, lower=True, check_finite=False)
         return np.eye(self.x.shape[1])
 
@@ -68,6 +71,8 @@ class RowSpace:
         if self.route == "svd":
             return y @ self.factor[2].T
         if self.route == "gram":  # C^T = L^-1 X Y^T
+            from scipy.linalg import solve_triangular
+
             return solve_triangular(self.factor, self.x @ y.T, lower=True, check_finite=False).T
         return y
 
@@ -76,6 +81,8 @@ class RowSpace:
         if self.route == "svd":
             ux, s, _ = self.factor
             return (coefficients / s) @ ux.T
+        from scipy.linalg import cho_solve, solve_triangular
+
         if self.route == "gram":  # W = K L^-1, i.e. W^T = L^-T K^T
             return solve_triangular(
                 self.factor, coefficients.T, lower=True, trans="T", check_finite=False
@@ -117,6 +124,8 @@ def _gram_route(x: np.ndarray) -> RowSpace | None:
     largest = eigenvalues[-1] if eigenvalues.size else 0.0
     if not largest > 0.0 or eigenvalues[0] < largest / GRAM_MAX_CONDITION**2:
         return None
+    from scipy.linalg import cholesky
+
     try:
         factor = cholesky(gram, lower=True, check_finite=False)
     except np.linalg.LinAlgError:  # not positive definite after all: rounding at the limit

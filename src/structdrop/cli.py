@@ -1,21 +1,30 @@
 """The ``structdrop`` command line.
 
 ``structdrop reproduce synthetic`` reproduces the paper's synthetic experiments (figures, JSON
-data, ``REPORT.md``); ``structdrop optimum`` prints the closed-form global minimum (Thm 2.7,
-corrected in NOTES.md) of Dropout/DropBlock for data files. Bad input gives a one-line error and
-exit status 2, with nothing written: a problem of the user's input or environment (a bad option,
-an unreadable file, an output folder that is not writable, a damaged or foreign checkpoint, a
-missing device) is one line on stderr, never a traceback. Errors of the program itself are not
-dressed up as usage errors: they keep their traceback.
+data, ``REPORT.md``); ``structdrop reproduce deep`` its deep-network experiment (Fig. 2), whose
+options are the fields of :class:`~structdrop.experiments.deep.DeepConfig`; ``structdrop
+optimum`` prints the closed-form global minimum (Thm 2.7, corrected in NOTES.md) of
+Dropout/DropBlock for data files. ``python -m structdrop`` is the same command line, and
+``torchrun ... -m structdrop reproduce deep`` runs Fig. 2 on several processes.
+
+Bad input gives a one-line error and exit status 2, with nothing written: a problem of the
+user's input or environment (a bad option, an unreadable file, an output folder that is not
+writable, a damaged or foreign checkpoint, missing data, a missing device) is one line on
+stderr, never a traceback. Errors of the program itself are not dressed up as usage errors:
+they keep their traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import signal
 import sys
 import threading
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -23,6 +32,7 @@ import numpy as np
 import typer
 
 from ._files import remove_stale_temporaries_under
+from .experiments.deep.config import CHECKPOINT_EVERY, DeepConfig, default_text
 
 app = typer.Typer(
     help="Structured dropout: exact regularizers, global optima, and the paper's experiments.",
@@ -107,7 +117,7 @@ def synthetic_command(
             typer.echo(f"{name}: already done, skipped (use --force to recompute)")
         else:
             assert data is not None
-            typer.echo(f"{name}: done in {now - began[0]:.1f} s{_headline(name, data)}")
+            typer.echo(f"{name}: done in {now - began[0]:.1f} s{synthetic.headline(name, data)}")
         began[0] = now
 
     try:
@@ -124,71 +134,135 @@ def synthetic_command(
     typer.echo(f"report: {path}")
 
 
-@reproduce.command("deep")
-def deep_command(
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            help="digits (bundled, offline), mnist, fashion-mnist, cifar10 (files under "
-            "--data-dir) or synthetic32.",
-        ),
-    ] = "digits",
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="Epochs (default: the preset's).")
-    ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A tiny run (smoke tests).")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of data, init, masks.")] = 0,
-    force: Annotated[
-        bool, typer.Option("--force", help="Recompute even if the results exist.")
-    ] = False,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Where torchvision data sets lie.")
-    ] = None,
-    scheme: Annotated[
-        str, typer.Option("--scheme", help="Mask law on the 80 features: grid or bernoulli.")
-    ] = "grid",
-    p: Annotated[float, typer.Option("--p", help="Drop probability, in [0, 1).")] = 0.5,
-    block_size: Annotated[int, typer.Option("--block-size", help="Grid block size r.")] = 5,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-) -> None:
-    """Sec. 5.2 / Fig. 2: ResNet-50 with structured dropout before the last layer.
-
-    Writes <out>/fig2.png, <out>/fig2.json (fig2_<dataset>.* for other data sets) and the Fig. 2
-    section of <out>/REPORT.md. A checkpoint is saved every epoch; a killed run resumes. For
-    several GPUs or nodes launch ``torchrun ... -m structdrop.experiments.deep`` with the same
-    options.
+def config_options(
+    config_class: type, shown_default: Callable[[dataclasses.Field[Any]], str | None]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command ``(..., **options)`` one option per field of the dataclass
+    ``config_class``: ``--name`` (``--name/--no-name`` for a bool) with the field's
+    ``metadata["help"]`` as its help and the field's default, or default None where
+    ``shown_default(field)`` describes a default that depends on other options (the
+    configuration then decides). typer reads the parameters from the command's
+    ``__signature__``; the options arrive in ``**options``.
     """
+    hints = typing.get_type_hints(config_class)
+    parameters = []
+    for setting in dataclasses.fields(config_class):
+        kind = hints[setting.name]
+        kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind)
+        flag = "--" + setting.name.replace("_", "-")
+        shown = shown_default(setting)
+        option = typer.Option(
+            f"{flag}/--no-{flag[2:]}" if kind is bool else flag,
+            help=setting.metadata["help"],
+            show_default=shown or True,
+            rich_help_panel="Configuration",
+        )
+        parameters.append(
+            inspect.Parameter(
+                setting.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None if shown else setting.default,
+                annotation=Annotated[kind | None, option],
+            )
+        )
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        explicit = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*explicit, *parameters]
+        )
+        return command
+
+    return decorate
+
+
+def _run_option(*names: str, help: str, **settings: Any) -> Any:
+    """An option of the run itself (not of its configuration), shown in the "Run" panel."""
+    return typer.Option(*names, help=help, rich_help_panel="Run", **settings)
+
+
+@reproduce.command(
+    "deep",
+    help="Sec. 5.2 / Fig. 2: ResNet-50 with structured dropout before the last layer.\n\n"
+    "Writes <out>/fig2.png, <out>/fig2.json (fig2_<dataset>.* for the other data sets) and the "
+    "Fig. 2 section of <out>/REPORT.md. A checkpoint is saved at the end of an epoch once a "
+    "minute (--checkpoint-every); a killed run resumes from it. On several processes or GPUs: "
+    "torchrun --nproc-per-node N -m structdrop reproduce deep ... (the same options).",
+)
+@config_options(DeepConfig, default_text)
+def deep_command(
+    *,
+    quick: Annotated[
+        bool,
+        _run_option(
+            "--quick",
+            help="A small run of seconds (smoke tests): --train-size, --epochs and "
+            "--batch-size default to their --quick values.",
+        ),
+    ] = False,
+    out: Annotated[Path, _run_option("--out", help="Output folder.")] = Path("results"),
+    force: Annotated[
+        bool,
+        _run_option("--force", help="Recompute even if the results exist; discard a checkpoint."),
+    ] = False,
+    download: Annotated[
+        bool,
+        _run_option(
+            "--download",
+            help="First fetch --dataset (mnist, fashion-mnist, cifar10) into --data-dir "
+            "through torchvision.",
+        ),
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        _run_option(
+            "--progress/--no-progress",
+            help="Progress bar (default: only on an interactive terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        float,
+        _run_option(
+            "--checkpoint-every",
+            min=0.0,
+            help="Seconds of training between checkpoints, written at the end of an epoch "
+            "(0: every epoch).",
+        ),
+    ] = CHECKPOINT_EVERY,
+    **options: Any,
+) -> None:
     from .experiments import _io, deep, report
 
     _terminate_gracefully()
     try:
-        config = deep.config_from_options(
-            dataset=dataset,
-            epochs=epochs,
-            quick=quick,
-            seed=seed,
-            data_dir=data_dir,
-            scheme=scheme,
-            p=p,
-            block_size=block_size,
-            device=device,
-        )
+        config = deep.config_from_options(quick=quick, **options)
         _io.check_out_dir(out)
     except (ValueError, TypeError) as error:  # the options themselves
         fail(str(error))
     try:
-        data = deep.run_deep(config, out, force=force, progress=True)
+        with deep.process_group(config) as procs:
+            data = deep.run_deep(
+                config,
+                out,
+                force=force,
+                progress=progress,
+                download=download,
+                checkpoint_every=checkpoint_every,
+            )
     except (deep.MissingDataError, *_user_errors()) as error:
         fail(str(error))
     except KeyboardInterrupt:
         remove_stale_temporaries_under(out)
         typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
         raise typer.Exit(code=130) from None
+    if not procs.main:
+        return
     gap = data.get("gap")
     typer.echo(
-        f"fig2 ({dataset}): gap to the theoretical minimum {gap if gap is None else f'{gap:.3g}'}"
+        f"{data['figure'].removesuffix('.png')} ({config.dataset}): gap to the theoretical "
+        f"minimum {gap if gap is None else f'{gap:.3g}'}"
     )
     typer.echo(f"report: {report.write_report(out)}")
 
@@ -198,16 +272,6 @@ def _finite(value: Any) -> bool:
         return all(_finite(item) for item in value.values())
     array = np.asarray(value)
     return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
-
-
-def _headline(name: str, data: dict[str, Any]) -> str:
-    if name == "fig1":
-        return f" (final gap {data['final_gap']:.2e})"
-    if name == "fig5":
-        return " (final gaps " + ", ".join(f"{g:.2e}" for g in data["final_gaps"].values()) + ")"
-    if name == "gap":
-        return f" (gap at width {data['runs'][0]['width']}: {data['width_gap']:.2e})"
-    return ""
 
 
 @app.command("optimum")
@@ -257,7 +321,3 @@ def optimum_command(
     if not all(_finite(value) for value in result.values()):
         fail("the optimum is not representable in float64 (an overflow); rescale X and Y")
     sys.stdout.write(json.dumps(_io.to_jsonable(result), allow_nan=False) + "\n")
-
-
-if __name__ == "__main__":
-    app()

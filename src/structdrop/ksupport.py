@@ -25,18 +25,25 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from . import _validation as check
-from ._arrays import Array, binary_exponent, common_kind, scalar, scale_back, to_numpy
+from ._arrays import binary_exponent, common_kind, scalar, scale_back, to_numpy
 from ._threads import small_work
 
+if TYPE_CHECKING:
+    from ._arrays import Array
+
 __all__ = [
+    "ProxParts",
     "ksupport_norm",
     "ksupport_split",
+    "ksupport_sq_sorted",
     "prox_ksupport_sq",
+    "prox_parts",
+    "prox_sorted",
     "prox_spectral_ksupport_sq",
     "spectral_ksupport_norm",
 ]
@@ -55,7 +62,7 @@ def ksupport_split(a: np.ndarray, k: int) -> int:
     return int(rho[np.argmax(ok)])
 
 
-def _ksupport_sq_sorted(a: np.ndarray, k: int) -> float:
+def ksupport_sq_sorted(a: np.ndarray, k: int) -> float:
     """``||a||_(k)^2`` for sorted ``a >= 0`` of moderate scale (callers normalize: see
     :func:`_ksupport_norm_sorted`)."""
     k = min(k, a.size)
@@ -72,7 +79,7 @@ def _ksupport_norm_sorted(a: np.ndarray, k: int) -> tuple[float, int]:
     back by ``2**e`` is left to the caller, which reports an overflow.
     """
     exponent = binary_exponent(a[:1])
-    return float(np.sqrt(_ksupport_sq_sorted(np.ldexp(a, -exponent), k))), exponent
+    return float(np.sqrt(ksupport_sq_sorted(np.ldexp(a, -exponent), k))), exponent
 
 
 def _check_k(k: object) -> int:
@@ -145,7 +152,7 @@ class ProxParts(NamedTuple):
         return np.diag(self.slope) - self.coupling * np.outer(middle, middle)
 
 
-def _prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
+def prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
     """``argmin_x ||m - x||^2 + beta ||x||_(k)^2`` for ``m`` sorted decreasing, ``m >= 0``,
     and its piece (see :class:`ProxParts`).
 
@@ -196,9 +203,9 @@ def _prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
     )
 
 
-def _prox_sorted(m: np.ndarray, beta: float, k: int) -> np.ndarray:
-    """The prox ``x`` of :func:`_prox_parts`."""
-    return _prox_parts(m, beta, k).x
+def prox_sorted(m: np.ndarray, beta: float, k: int) -> np.ndarray:
+    """The prox ``x`` of :func:`prox_parts`."""
+    return prox_parts(m, beta, k).x
 
 
 def _check_beta(beta: object) -> float:
@@ -222,7 +229,7 @@ def prox_ksupport_sq(w: Array, beta: float, k: int) -> Array:
     values = to_numpy(w)
     order = np.argsort(-np.abs(values), kind="stable")
     shrunk = np.empty_like(values)
-    shrunk[order] = _prox_sorted(np.abs(values)[order], beta, k)  # scale-safe
+    shrunk[order] = prox_sorted(np.abs(values)[order], beta, k)  # scale-safe
     return scale_back(np.sign(values) * shrunk, 0, kind, "the prox", "w")
 
 
@@ -240,7 +247,7 @@ def prox_spectral_ksupport_sq(A: Array, beta: float, k: int) -> Array:
     with small_work(_svd_flops(values.shape)):
         scaled = np.ldexp(values, -exponent)
         left, singular_values, right_t = np.linalg.svd(scaled, full_matrices=False)
-        shrunk = _prox_sorted(singular_values, beta, k)
+        shrunk = prox_sorted(singular_values, beta, k)
         result = (left * shrunk) @ right_t
     return scale_back(result, exponent, kind, "the spectral prox", "A")
 

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from . import _validation as check
-from ._arrays import Array, Kind, common_kind, convert, scalar, to_numpy
+from ._arrays import Kind, common_kind, convert, scalar, to_numpy
 from ._threads import small_work
 from ._validation import as_generator
-from .schemes import DropConnect, Scheme, check_scheme
+from .schemes import IndependentBlocks, Scheme, check_scheme
+
+if TYPE_CHECKING:
+    from ._arrays import Array
 
 __all__ = [
     "Gram",
@@ -36,6 +38,7 @@ __all__ = [
     "linear_penalty",
     "penalty",
     "sampled_loss",
+    "weight_keep_prob",
 ]
 
 
@@ -44,6 +47,27 @@ class MonteCarloEstimate(NamedTuple):
 
     mean: float
     stderr: float
+
+
+def weight_keep_prob(scheme: Scheme) -> float | None:
+    """``theta`` of a law whose masks fall on the entries of a weight matrix (DropConnect,
+    eq. 19), or None for a law on the hidden units.
+
+    The regularizers and the samplers of masks on weights (the corrected Thm 4.1 in NOTES.md,
+    Algorithm 1 on V's entries) hold for entries kept independently with probability theta.
+
+    Raises:
+        ValueError: a law on weights whose entries are not independent.
+    """
+    if scheme.acts_on != "weights":
+        return None
+    sampler = scheme.sampler
+    if not (isinstance(sampler, IndependentBlocks) and sampler.block_size == 1):
+        raise ValueError(
+            "masks on the entries of a weight matrix must be independent (as DropConnect's), "
+            f"got {scheme!r}"
+        )
+    return sampler.keep_prob
 
 
 @functools.lru_cache(maxsize=64)
@@ -71,8 +95,9 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
 
     ``Omega = <Cbar, (U^T U) * (G G^T)> = sum_ij Cbar_ij (u_i^T u_j)(g_i^T g_j)``, where ``g_i``
     is row i of G. For Dropout this is ``(1-theta)/theta sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2;
-    eq. 17 omits the factor ``(1-theta)/theta``, see NOTES.md). ``DropConnect`` here masks the
-    entries of the last matrix U, whose regularizer is exactly Dropout's.
+    eq. 17 omits the factor ``(1-theta)/theta``, see NOTES.md). A law on weights (DropConnect)
+    here masks the entries of the last matrix U, whose regularizer is that of
+    ``scheme.on_units()``: exactly Dropout's.
 
     Args:
         U: (a, d) last-layer weights.
@@ -86,15 +111,9 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
     U = check.check_matrix(U, "U")
     G = check.check_matrix(G, "G")
     check.check_same(U.shape[1], G.shape[0], "U's columns must match G's rows (d)")
-    return _penalty(U, G, scheme)
-
-
-def _penalty(U: Array, G: Array, scheme: Scheme) -> Array:
-    """:func:`penalty` on validated shapes, with no look at the values: the form that also runs
-    on meta tensors (shape propagation in :class:`structdrop.nn.DropoutPenalty`)."""
     kind = common_kind(U, G)
     U, G = convert(U, kind), convert(G, kind)
-    cbar = _weights(scheme, U.shape[1], kind)
+    cbar = _weights(scheme.on_units(), U.shape[1], kind)
     return scalar((cbar * (U.T @ U) * (G @ G.T)).sum(), kind)
 
 
@@ -131,14 +150,26 @@ class Gram:
         kind = common_kind(X, Y)
         X, Y = convert(X, kind), convert(Y, kind)
         a = Y.shape[0]
-        both = torch.cat([Y, X]) if kind.is_torch else np.concatenate([Y, X])
+        if kind.is_torch:
+            import torch  # loaded: the data hold a tensor
+
+            both = torch.cat([Y, X])
+        else:
+            both = np.concatenate([Y, X])
         with small_work(float(both.shape[0]) * X.shape[0] * X.shape[1]):
             stacked = both @ X.T
         return cls(xx=stacked[a:], yx=stacked[:a], yy=(Y * Y).sum(), kind=kind, stacked=stacked)
 
-    def _factors(self, U: Array, V: Array, *, needs_y: bool) -> tuple[Array, Array, Kind]:
-        """Factors of valid shapes (finiteness is checked on the result) and the kind of the
-        evaluation (the statistics' and theirs)."""
+    def check_factors(
+        self, U: Array, V: Array, *, needs_y: bool = False
+    ) -> tuple[Array, Array, Kind]:
+        """Factors ``U`` (a x d) and ``V`` (b x d) of shapes that fit these statistics (``needs_y``:
+        Y's as well), converted to the kind of an evaluation (the statistics' and theirs), and
+        that kind. Their values are not scanned: an evaluation checks its result instead.
+
+        Raises:
+            ValueError: a shape that does not fit, naming it; ``needs_y`` without Y.
+        """
         U, V = _check_factors(U, V, finite=False)
         check.check_same(V.shape[0], self.xx.shape[0], "V's rows must match X's rows (b)")
         if needs_y:
@@ -169,27 +200,27 @@ class Gram:
 
     def _evaluate(self, U: Array, V: Array, scheme: Scheme | None, *, fit: bool) -> Array:
         """The fit (if ``fit``) plus the penalty of ``scheme`` (if any), sharing the products."""
-        U, V, kind = self._factors(U, V, needs_y=fit)
-        dropconnect = isinstance(scheme, DropConnect)
+        U, V, kind = self.check_factors(U, V, needs_y=fit)
+        theta = None if scheme is None else weight_keep_prob(scheme)
+        on_units = theta is None  # else the masks fall on V's entries (eq. 19)
         (a, d), b = U.shape, V.shape[0]
         flops = float(d) * ((a + b) * b + (a + b) * d)  # [Y X^T; X X^T] V, U^T U, V^T X X^T V
         with np.errstate(all="ignore"), small_work(flops):  # non-finite: reported below
             xx = convert(self.xx, kind)
             if fit:  # Y X^T V and X X^T V in one product
                 products = convert(self.stacked, kind) @ V
-                yx_v, xx_v = products[: U.shape[0]], products[U.shape[0] :]
-            elif not dropconnect:
+                yx_v, xx_v = products[:a], products[a:]
+            elif on_units:
                 xx_v = xx @ V
             value = 0.0
-            if fit or not dropconnect:
+            if fit or on_units:
                 # fit + penalty = ||Y||^2 - 2 <U, Y X^T V> + <(1 + Cbar) * U^T U, V^T X X^T V>
-                weights = _weights(scheme, U.shape[1], kind, fit) if not dropconnect else None
+                weights = _weights(scheme, d, kind, fit) if on_units else None
                 quadratic = (U.T @ U) * (V.T @ xx_v)
                 value = (quadratic if weights is None else weights * quadratic).sum()
             if fit:
                 value = convert(self.yy, kind) - 2.0 * (U * yx_v).sum() + value
-            if dropconnect:
-                theta = scheme.keep_prob
+            if not on_units:
                 unit_norms = (U * U).sum(0)
                 weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
                 value = value + (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
@@ -258,13 +289,14 @@ def sampled_loss(
         raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}")
     rng = as_generator(seed)
     stats = Gram.from_data(X, Y)
-    stats._factors(U, V, needs_y=True)  # validates shapes
+    stats.check_factors(U, V, needs_y=True)
     U, V = to_numpy(U), to_numpy(V)
     check.check_finite(U, "U")
     check.check_finite(V, "V")
     xx, yx, yy = to_numpy(stats.xx), to_numpy(stats.yx), float(to_numpy(stats.yy))
-    if isinstance(scheme, DropConnect):
-        losses = _dropconnect_losses(U, V, xx, yx, yy, scheme, num_samples, rng)
+    theta = weight_keep_prob(scheme)
+    if theta is not None:
+        losses = _weight_mask_losses(U, V, xx, yx, yy, scheme, theta, num_samples, rng)
     else:
         d = U.shape[1]
         scales = scheme.sample(num_samples, d, rng) / scheme.mean(d)
@@ -276,23 +308,26 @@ def sampled_loss(
     )
 
 
-def _dropconnect_losses(
+def _weight_mask_losses(
     U: np.ndarray,
     V: np.ndarray,
     xx: np.ndarray,
     yx: np.ndarray,
     yy: float,
-    scheme: DropConnect,
+    scheme: Scheme,
+    theta: float,
     num_samples: int,
     rng: np.random.Generator,
     chunk: int = 256,
 ) -> np.ndarray:
+    """``||Y - (1/theta) U (Z * V)^T X||^2`` for ``num_samples`` masks Z of V's entries drawn
+    from ``scheme`` (eq. 19), in the Gram form."""
     b, d = V.shape
     gram_u = U.T @ U
     losses = np.empty(num_samples)
     for start in range(0, num_samples, chunk):
         n = min(chunk, num_samples - start)
-        masked = scheme.sample(n, b * d, rng).reshape(n, b, d) * V / scheme.keep_prob
+        masked = scheme.sample(n, b * d, rng).reshape(n, b, d) * V / theta
         linear = np.einsum("ad,ab,nbd->n", U, yx, masked)
         quadratic = np.einsum("nbi,bc,ncj,ij->n", masked, xx, masked, gram_u, optimize=True)
         losses[start : start + n] = yy - 2.0 * linear + quadratic

@@ -20,18 +20,20 @@ The bound is attained (``inf`` over width and factors of eq. 8 equals ``F*``); a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from . import _validation as check
-from ._arrays import Array, Kind, binary_exponent, common_kind, convert, scale_back, to_numpy
+from ._arrays import Kind, binary_exponent, common_kind, convert, scale_back, to_numpy
 from ._rowspace import RowSpace, row_space
 from ._threads import small_work
-from .ksupport import ProxParts, _ksupport_sq_sorted, _prox_parts, ksupport_split
+from .ksupport import ProxParts, ksupport_split, ksupport_sq_sorted, prox_parts
 from .objectives import Gram
-from .schemes import Bernoulli, GridBlock, Scheme
+from .schemes import IndependentBlocks, Scheme, check_scheme
+
+if TYPE_CHECKING:
+    from ._arrays import Array
 
 __all__ = [
     "GlobalMinimum",
@@ -42,12 +44,17 @@ __all__ = [
 ]
 
 
-def _block_size_of(scheme: Scheme) -> int:
-    if isinstance(scheme, Bernoulli | GridBlock):
-        return scheme.block_size
+def _independent_blocks(scheme: Scheme) -> IndependentBlocks:
+    """The blocks of a law of independent blocks of ``r`` units, each kept with probability
+    theta (Dropout: r = 1; the paper's DropBlock): the laws whose regularizer is a squared
+    spectral r-support norm (Thm 2.3), for which the closed form holds."""
+    sampler = check_scheme(scheme).sampler
+    if scheme.acts_on == "units" and isinstance(sampler, IndependentBlocks):
+        return sampler
     raise ValueError(
-        "the closed-form optimum is known for Bernoulli and GridBlock schemes only (their "
-        f"regularizer is a squared spectral k-support norm, Thm 2.3), got {scheme!r}"
+        "the closed-form optimum is known for laws of independent blocks of units only "
+        "(Bernoulli and GridBlock: their regularizer is a squared spectral k-support norm, "
+        f"Thm 2.3), got {scheme!r}"
     )
 
 
@@ -63,10 +70,10 @@ def regularization_strength(scheme: Scheme, width: int) -> float:
     At width d with keep probability theta, eq. 8's weight ``(d/r)(1-tb)/tb`` equals
     ``(1-theta)/theta``, so ``beta = (1-tb)/tb`` is the strength of ``||A||_(r)^2``.
     """
-    block_size = _block_size_of(scheme)
-    width = _check_width(width, block_size)
-    theta = scheme.keep_prob
-    return block_size / width * (1.0 - theta) / theta
+    blocks = _independent_blocks(scheme)
+    width = _check_width(width, blocks.block_size)
+    theta = blocks.keep_prob
+    return blocks.block_size / width * (1.0 - theta) / theta
 
 
 def keep_prob_for_width(keep_prob: float, block_size: int, width: int) -> float:
@@ -138,7 +145,7 @@ class GlobalMinimum:
     width: int
 
 
-class _Scaled(NamedTuple):
+class ScaledSolution(NamedTuple):
     """The solution of the problem for ``X / 2**ex`` and ``Y / 2**ey`` (largest entries in
     [0.5, 1)), with the factorizations that the autograd route reuses."""
 
@@ -164,9 +171,9 @@ class _Scaled(NamedTuple):
         return (self.zt @ self.space.qt()).T
 
 
-def _solve(
+def solve_unit_scale(
     x: np.ndarray, y: np.ndarray, beta: float, block_size: int, route: str = "auto"
-) -> _Scaled:
+) -> ScaledSolution:
     """Thm 2.7 (corrected, NOTES.md) on data of unit scale.
 
     X's row space comes from :func:`~structdrop._rowspace.row_space` (the Gram route when X is
@@ -180,13 +187,13 @@ def _solve(
         empty = np.zeros(0)
         parts = ProxParts(empty, empty.astype(bool), empty.astype(bool), 0.0, 0.0, beta)
         a, b = y.shape[0], x.shape[0]
-        return _Scaled(
+        return ScaledSolution(
             np.zeros_like(y), np.zeros((a, b)), residual, residual, empty, parts, 0, 1,
             np.zeros((a, 0)), np.zeros((0, 0)), space,
         )  # fmt: skip
 
     w, m, zt = np.linalg.svd(y_row, full_matrices=False)
-    parts = _prox_parts(m, beta, block_size)
+    parts = prox_parts(m, beta, block_size)
     x_star = parts.x
     coefficients = (w * x_star) @ zt  # A* = coefficients @ qt
     a = y.shape[0]
@@ -197,8 +204,8 @@ def _solve(
     prediction = expanded[a:]
     rank = int(np.count_nonzero(x_star > x_star[0] * x_star.size * np.finfo(float).eps))
     value = residual + float(np.sum((m - x_star) ** 2))
-    value += beta * _ksupport_sq_sorted(x_star, block_size)
-    return _Scaled(
+    value += beta * ksupport_sq_sorted(x_star, block_size)
+    return ScaledSolution(
         prediction=prediction,
         weights=weights,
         value=value,
@@ -218,7 +225,7 @@ def _solve(
 SAFE_EXPONENT = 200
 
 
-def _flops(b: int, n: int, a: int) -> float:
+def optimum_flops(b: int, n: int, a: int) -> float:
     """Multiply-adds of the Gram route: X X^T, Y X^T, A* = W* X and the residual."""
     return float(b) * n * (b + 3 * a)
 
@@ -256,7 +263,7 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
         ValueError: bad inputs (named), or a result that overflows its type, e.g. "the optimum
             value overflows float64 (about 1e400): rescale Y".
     """
-    block_size = _block_size_of(scheme)
+    block_size = _independent_blocks(scheme).block_size
     width = _check_width(width, block_size)
     X = check.check_matrix(X, "X")
     Y = check.check_matrix(Y, "Y")
@@ -266,18 +273,42 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     x_np, y_np = to_numpy(X, "X"), to_numpy(Y, "Y")
     # Entries within 2**+-SAFE_EXPONENT cannot overflow or underflow any product here: no copy.
     ex, ey = (e if abs(e) > SAFE_EXPONENT else 0 for e in map(binary_exponent, (x_np, y_np)))
-    differentiable = (
-        kind.is_torch and torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad)
-    )
+    differentiable = _needs_autograd(X, Y, kind)
     # Autograd differentiates the SVD route (finite differences of the Gram route's rounding,
     # eps * cond(X)^2, would blur a gradient check); everything else takes the cheaper route.
     route = "svd" if differentiable else "auto"
-    with small_work(_flops(*x_np.shape, y_np.shape[0])):
+    with small_work(optimum_flops(*x_np.shape, y_np.shape[0])):
         x_scaled = np.ldexp(x_np, -ex) if ex else x_np
         y_scaled = np.ldexp(y_np, -ey) if ey else y_np
-        solution = _solve(x_scaled, y_scaled, beta, block_size, route)
+        solution = solve_unit_scale(x_scaled, y_scaled, beta, block_size, route)
+    fields = _scaled_back(solution, kind, ex, ey)
+    if differentiable:
+        from ._optimum_grad import with_autograd  # imports torch: inputs are tensors
 
-    # Scale back: the value first (the quantity that overflows first), then the arrays.
+        fields = with_autograd(fields, X, Y, solution, beta, block_size, ex, ey)
+    return GlobalMinimum(
+        beta=beta,
+        rho=solution.rho,
+        rank=solution.rank,
+        block_size=block_size,
+        width=width,
+        **fields,
+    )
+
+
+def _needs_autograd(X: Array, Y: Array, kind: Kind) -> bool:
+    """Whether torch inputs require grad with grad mode on."""
+    if not kind.is_torch:
+        return False
+    import torch  # loaded: the inputs hold a tensor
+
+    return torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad)
+
+
+def _scaled_back(solution: ScaledSolution, kind: Kind, ex: int, ey: int) -> dict[str, Any]:
+    """The fields of :class:`GlobalMinimum` that scale with the data, in ``kind``: the solution
+    for ``X / 2**ex`` and ``Y / 2**ey`` scaled back exactly (a ValueError when one overflows)."""
+    # The value first (the quantity that overflows first), then the arrays.
     double = Kind(is_torch=False, double=True)
     value = scale_back(solution.value, 2 * ey, double, "the optimum value", "Y")
     residual = scale_back(solution.residual, 2 * ey, double, "the residual", "Y")
@@ -295,154 +326,6 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     if kind.is_torch:
         fields["value"] = scale_back(value, 0, kind, "the optimum value", "Y")
         fields["residual"] = scale_back(residual, 0, kind, "the residual", "Y")
-        if differentiable:
-            fields = _with_autograd(fields, X, Y, solution, beta, block_size, ex, ey)
-    return GlobalMinimum(
-        beta=beta,
-        rho=solution.rho,
-        rank=solution.rank,
-        block_size=block_size,
-        width=width,
-        **fields,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Autograd for torch inputs
-# ----------------------------------------------------------------------------------------------
-def _times_pow2(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
-    """``tensor * 2**exponent`` in steps that stay inside float64's exponent range."""
-    while exponent:
-        step = max(-1000, min(1000, exponent))
-        tensor = tensor * 2.0**step
-        exponent -= step
-    return tensor
-
-
-class _SpectralProx(torch.autograd.Function):
-    """``B -> (A*, m)`` for ``B = W diag(m) Z^T``: the minimizer ``A* = W diag(x) Z^T`` of
-    ``||B - A||^2 + beta ||A||_(r)^2`` (eq. 12, Thm 2.7 corrected) and the singular values, with
-    the derivative of a spectral function (Lewis and Sendov 2005).
-
-    Forward returns the precomputed ``W diag(x) Z^T`` and ``m`` (B itself only links the graph).
-    With ``K = W^T G Z`` for an output gradient ``G``, the input gradient is::
-
-        W [Gs o sym(K) + Ga o skew(K) + Diag(J diag K)] Z^T
-        + (I - W W^T) G Z diag(x/m) Z^T + W diag(x/m) W^T G (I - Z Z^T)
-        + c0 (I - W W^T) G (I - Z Z^T) + W diag(g_m) Z^T,
-
-    where ``Gs_ij = (x_i - x_j)/(m_i - m_j)`` and ``Ga_ij = (x_i + x_j)/(m_i + m_j)`` off the
-    diagonal, ``J = dx/dm`` on the current piece of the prox and ``c0`` the prox's slope at 0.
-    Ties take their limits (the slope of the common piece), so repeated singular values are fine.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        B: torch.Tensor,
-        left: torch.Tensor,
-        right: torch.Tensor,
-        m: torch.Tensor,
-        x: torch.Tensor,
-        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(left, right, *tables[:4])
-        ctx.c0 = tables[4]
-        return (left * x) @ right.T, m.clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor, grad_m: torch.Tensor) -> tuple[Any, ...]:
-        left, right, symmetric, antisymmetric, ratio, jacobian = ctx.saved_tensors
-        grad_right = grad @ right  # G Z
-        k = left.T @ grad_right  # W^T G Z
-        inner = symmetric * (k + k.T) / 2 + antisymmetric * (k - k.T) / 2
-        inner = inner - torch.diag(inner.diagonal()) + torch.diag(jacobian @ k.diagonal())
-        inner = inner + torch.diag(grad_m)
-        left_grad = left.T @ grad  # W^T G
-        result = left @ inner @ right.T
-        result = result + ((grad_right - left @ k) * ratio) @ right.T
-        result = result + (left * ratio) @ (left_grad - k @ right.T)
-        if ctx.c0:
-            complement = grad - left @ left_grad - grad_right @ right.T + left @ k @ right.T
-            result = result + ctx.c0 * complement
-        return result, None, None, None, None, None
-
-
-def _spectral_tables(
-    m: np.ndarray, parts: ProxParts
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """The coefficients of :class:`_SpectralProx`'s backward, ties at their limits."""
-    x, slope = parts.x, parts.slope
-    regime = np.where(parts.head, 0, np.where(parts.middle, 1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gap = m[:, None] - m[None, :]
-        divided = (x[:, None] - x[None, :]) / gap
-        crossing = np.where(gap != 0, divided, (slope[:, None] + slope[None, :]) / 2)
-        symmetric = np.where(regime[:, None] == regime[None, :], slope[:, None], crossing)
-        total = m[:, None] + m[None, :]
-        antisymmetric = np.where(total > 0, (x[:, None] + x[None, :]) / total, slope[:, None])
-        ratio = np.where(m > 0, x / np.where(m > 0, m, 1.0), slope)
-    c0 = 1.0 / (1.0 + parts.beta) if parts.head.all() else 0.0
-    return symmetric, antisymmetric, ratio, parts.jacobian(), c0
-
-
-def _with_autograd(
-    fields: dict[str, Any],
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    solution: _Scaled,
-    beta: float,
-    block_size: int,
-    ex: int,
-    ey: int,
-) -> dict[str, Any]:
-    """``fields`` (the exact values) with the derivatives of a torch graph attached.
-
-    The graph recomputes the solution of the scaled problem from X and Y on the current piece
-    (see :class:`GlobalMinimum`): ``P`` from ``torch.linalg.pinv`` (its backward is the
-    constant-rank derivative, finite at repeated singular values), the prox of ``Y P`` from
-    :class:`_SpectralProx`, then ``x``, the residual and ``F*`` with torch operations. Each
-    output is the exact value plus ``(t - t.detach())`` for its graph ``t``: the values stay
-    those of the NumPy computation, the gradients are the graph's.
-    """
-    device = fields["prediction"].device
-    options = {"dtype": torch.float64, "device": device}
-    inputs = _times_pow2(X.to(**options), -ex)
-    targets = _times_pow2(Y.to(**options), -ey)
-    tables = _spectral_tables(solution.m, solution.parts)
-    constants = [torch.as_tensor(t, **options) for t in tables[:4]]
-    left, right, m, x = (
-        torch.as_tensor(a, **options)
-        for a in (solution.left, solution.right(), solution.m, solution.parts.x)
-    )
-    # the rank of the NumPy solution: singular values at most the tolerance are zero
-    pinv = torch.linalg.pinv(inputs, atol=solution.tolerance)  # (N, b)
-    target = (targets @ pinv) @ inputs  # Y P
-    prediction, m_t = _SpectralProx.apply(target, left, right, m, x, (*constants, tables[4]))
-    parts = solution.parts
-    head, middle = (torch.as_tensor(a, device=device) for a in (parts.head, parts.middle))
-    tau = parts.coupling * (m_t * middle).sum()
-    x_t = torch.where(head, m_t / (1.0 + beta), torch.where(middle, m_t - tau, 0.0 * m_t))
-    residual = ((targets - target) ** 2).sum()
-    value = residual + ((m_t - x_t) ** 2).sum()
-    if x_t.numel():
-        k = min(block_size, x_t.numel())
-        rho = solution.rho
-        tail = x_t[rho - 1 :].sum()
-        value = value + beta * ((x_t[: rho - 1] ** 2).sum() + tail * tail / (k - rho + 1))
-    graphs = {
-        "prediction": (prediction, ey),
-        "weights": (prediction @ pinv, ey - ex),
-        "value": (value, 2 * ey),
-        "singular_values": (x_t, ey),
-        "target_singular_values": (m_t, ey),
-        "residual": (residual, 2 * ey),
-    }
-    for name, (graph, exponent) in graphs.items():
-        exact = fields[name]
-        graph = _times_pow2(graph, exponent).to(exact.dtype)
-        fields[name] = exact + (graph - graph.detach())
     return fields
 
 
@@ -456,7 +339,7 @@ def block_norms(U: Array, V: Array, X: Array, block_size: int) -> Array:
     """
     block_size = check.check_block_size(block_size)
     stats = Gram.from_data(X)
-    U, V, kind = stats._factors(U, V, needs_y=False)
+    U, V, kind = stats.check_factors(U, V)
     d = U.shape[1]
     check.check_block_divides(block_size, d)
     xx = convert(stats.xx, kind)

@@ -16,13 +16,15 @@ import abc
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import scipy.sparse as sparse
 
 from . import _validation as check
 from ._validation import Seed, as_generator
+
+if TYPE_CHECKING:
+    import scipy.sparse as sparse
 
 __all__ = [
     "Bernoulli",
@@ -59,7 +61,6 @@ class Scheme(abc.ABC):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
             Scheme._laws[cls.__name__] = cls
-
 
     #: Where the masks fall: ``"units"`` (a mask per hidden unit, scaled by ``1 / mu``) or
     #: ``"weights"`` (a mask per entry of a weight matrix: DropConnect).
@@ -311,6 +312,8 @@ def window_incidence(d: int, block_size: int, boundary: str) -> sparse.csr_matri
         cols = ((np.arange(d)[:, None] + np.arange(width)) % d).ravel()
     else:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    import scipy.sparse as sparse
+
     data = np.ones(rows.size)
     return sparse.csr_matrix((data, (rows, cols)), shape=(int(rows.max()) + 1, d))
 

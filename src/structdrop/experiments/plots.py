@@ -1,13 +1,14 @@
 """Figures of the experiments, drawn from their JSON data (one function per figure).
 
-Uses matplotlib's object API (``Figure``, no pyplot): no global state, no display needed.
+Which function draws which synthetic figure is said by :data:`.figures.FIGURES`; :func:`fig2`
+draws the deep experiment's Fig. 2. A run's mask law is read back from its identity. Uses
+matplotlib's object API (``Figure``, no pyplot): no global state, no display needed.
 :func:`render` returns PNG bytes; the caller writes them atomically.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..schemes import Scheme
+from .claims import law
+from .figures import FIGURES
+from .sliding import VARIANTS
 
 __all__ = ["render"]
+
+#: The deep experiment's figure (Sec. 5.2), drawn by :func:`fig2`; not a synthetic figure.
+FIG2 = "fig2"
 
 COLORS = {
     "stochastic": "tab:orange",
@@ -49,7 +56,7 @@ def _objective_panels(top: Axes, bottom: Axes, run: dict[str, Any], title: str) 
         color=COLORS["deterministic"],
         label="deterministic (5)",
     )
-    top.set_title(title)
+    top.set_title(title, fontsize=10)
     top.legend(fontsize=8)
     bottom.loglog(
         t, _positive(run["expected"]), color=COLORS["deterministic"], label="deterministic (5)"
@@ -65,7 +72,7 @@ def fig1(data: dict[str, Any]) -> Figure:
     figure = Figure(figsize=(6, 7), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True)
     run = data["run"]
-    _objective_panels(top, bottom, run, f"GridBlock p={run['p']}, r={data['config']['block_size']}")
+    _objective_panels(top, bottom, run, str(law(run)))
     top.set_ylabel("objective")
     bottom.set_ylabel("objective")
     return figure
@@ -76,7 +83,7 @@ def fig5(data: dict[str, Any]) -> Figure:
     figure = Figure(figsize=(3.2 * len(runs), 6), layout="constrained")
     axes = np.atleast_2d(figure.subplots(2, len(runs), sharex=True, squeeze=False))
     for column, run in enumerate(runs):
-        _objective_panels(axes[0, column], axes[1, column], run, f"GridBlock p={run['p']}")
+        _objective_panels(axes[0, column], axes[1, column], run, str(law(run)))
     axes[0, 0].set_ylabel("objective")
     axes[1, 0].set_ylabel("objective")
     return figure
@@ -105,7 +112,7 @@ def _dropconnect_panel(axis: Axes, run: dict[str, Any]) -> None:
         label="paper's Thm 4.1 / eq. 20 formula",
     )
     axis.set_title(
-        f"{run['dataset']} X, p={run['p']}: paper/corrected - 1 = "
+        f"{run['dataset']} X, {law(run)}\npaper/corrected - 1 = "
         f"{run['paper_vs_corrected_final']:+.1%}",
         fontsize=9,
     )
@@ -117,17 +124,17 @@ def _dropout_panel(axis: Axes, run: dict[str, Any]) -> None:
         _steps(run["iterations"]),
         _positive(run["corrected"]),
         color=COLORS["deterministic"],
-        label="DropConnect training (exact objective)",
+        label=f"{law(run)} training (exact objective)",
     )
     axis.loglog(
         _steps(run["dropout"]["iterations"]),
         _positive(run["dropout"]["expected"]),
         "--",
         color=COLORS["dropout"],
-        label="Dropout training (exact objective)",
+        label=f"{law(run['dropout'])} training (exact objective)",
     )
     axis.set_title(
-        f"{run['dataset']} X, p={run['p']}: Dropout/DropConnect - 1 = "
+        f"{run['dataset']} X: {law(run['dropout'])}/{law(run)} - 1 = "
         f"{run['dropout_vs_dropconnect_final']:+.1%}",
         fontsize=9,
     )
@@ -160,7 +167,7 @@ def dropconnect(data: dict[str, Any]) -> Figure:
             _positive(run["dropout"]["expected"]),
             "-.",
             color=COLORS["dropout"],
-            label="Dropout training",
+            label=f"{law(run['dropout'])} training",
         )
         axis.legend(fontsize=6)
     for axis in axes[-1]:
@@ -172,24 +179,18 @@ def fig4(data: dict[str, Any]) -> Figure:
     ps = sorted({run["p"] for run in data["runs"]}, reverse=True)
     figure = Figure(figsize=(6 * len(ps), 4.5), layout="constrained")
     axes = figure.subplots(1, len(ps), squeeze=False)[0]
-    styles = {"grid": "-", "same_theta": "-.", "paper": "--", "exact": ":"}
-    labels = {
-        "grid": "grid DropBlock (ours, eq. 3)",
-        "same_theta": "sliding, gamma = p (same theta)",
-        "paper": "sliding, paper's theta' (Sec. 5.3)",
-        "exact": "sliding, exact gamma = 1-(1-p)^(1/r)",
-    }
     for axis, p in zip(axes, ps, strict=True):
         for run in (r for r in data["runs"] if r["p"] == p):
             t = _steps(run["iterations"])
+            variant = VARIANTS[run["variant"]]
             line = axis.loglog(t, _positive(run["expected"]), alpha=0.2, lw=0.8)[0]
             axis.loglog(
                 t,
                 _positive(run["smoothed"]),
-                styles[run["variant"]],
+                variant.style,
                 color=line.get_color(),
                 lw=1.8,
-                label=f"{labels[run['variant']]}: drop {run['interior_drop_rate']:.2f}",
+                label=f"{variant.label}: drop {run['interior_drop_rate']:.2f}",
             )
         axis.axhline(
             data["grid_optimum"][str(p)]["value"],
@@ -211,16 +212,15 @@ def head(data: dict[str, Any]) -> Figure:
     for run in data["runs"]:
         predicted = _positive(run["predicted"])
         index = np.arange(1, predicted.size + 1)
-        line = axis.semilogy(
-            index, predicted, "-", label=f"r={run['block_size']} predicted (rho*={run['rho']})"
-        )[0]
+        r = law(run).block_size
+        line = axis.semilogy(index, predicted, "-", label=f"r={r} predicted (rho*={run['rho']})")[0]
         axis.semilogy(
             index,
             _positive(run["trained"]),
             "o",
             color=line.get_color(),
             mfc="none",
-            label=f"r={run['block_size']} trained (L-BFGS)",
+            label=f"r={r} trained (L-BFGS)",
         )
     axis.semilogy(
         np.arange(1, len(data["target_singular_values"]) + 1),
@@ -293,21 +293,10 @@ def fig2(data: dict[str, Any]) -> Figure:
     return figure
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], Figure]] = {
-    "fig1": fig1,
-    "fig2": fig2,
-    "fig3": dropconnect,
-    "fig4": fig4,
-    "fig5": fig5,
-    "fig6": dropconnect,
-    "head": head,
-    "gap": gap,
-}
-
-
 def render(name: str, data: dict[str, Any], dpi: int = 100) -> bytes:
-    """The PNG bytes of figure ``name`` drawn from its JSON-able ``data``."""
-    figure = RENDERERS[name](data)
+    """The PNG bytes of figure ``name`` (a synthetic figure of :data:`.figures.FIGURES`, or
+    ``"fig2"``) drawn from its JSON-able ``data``."""
+    figure = fig2(data) if name == FIG2 else FIGURES[name].plot(data)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()

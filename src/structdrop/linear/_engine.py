@@ -19,17 +19,17 @@ import numpy as np
 
 # Reassociation lets the reductions vectorise; NaN/Inf semantics are kept (no "nnan"/"ninf"), so
 # the divergence test below still sees non-finite losses.
-_FAST = {"nsz", "arcp", "contract", "reassoc"}
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _learning_rate(lr: float, lr_decay: float, t: int) -> float:
     if lr_decay > 0.0:
         return lr / (1.0 + t / lr_decay)
     return lr
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def sgd_unit_masks(
     XT: np.ndarray,
     YT: np.ndarray,
@@ -88,7 +88,7 @@ def sgd_unit_masks(
     return indices.shape[0]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def sgd_dropconnect(
     XT: np.ndarray,
     YT: np.ndarray,

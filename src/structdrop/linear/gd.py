@@ -11,6 +11,7 @@ NOTES.md) instead of the ``Cbar`` term.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +19,10 @@ from scipy import optimize
 
 from .. import _validation as check
 from .._arrays import to_numpy
-from ..objectives import Gram
-from ..schemes import DropConnect, Scheme
+from ..objectives import Gram, weight_keep_prob
+from ..schemes import Scheme, check_scheme
 
-__all__ = ["GDResult", "fit_gd"]
+__all__ = ["GDResult", "fit_gd", "objective_and_gradient"]
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,18 @@ class GDResult:
     converged: bool
 
 
-def _objective(stats: Gram, scheme: Scheme, a: int, b: int, d: int):
+def objective_and_gradient(
+    stats: Gram, scheme: Scheme, a: int, b: int, d: int
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """``f`` and its gradient as one function of the flattened ``(U, V)`` (U's a x d entries,
+    then V's b x d), for the data of ``stats`` (see the module docstring)."""
     xx, yx, yy = (to_numpy(s) for s in (stats.xx, stats.yx, stats.yy))
     yy = float(yy)
-    dropconnect = isinstance(scheme, DropConnect)
-    if dropconnect:
+    theta = weight_keep_prob(scheme)
+    on_weights = theta is not None
+    if on_weights:
         weight = np.ones((d, d))
-        strength = (1.0 - scheme.keep_prob) / scheme.keep_prob
+        strength = (1.0 - theta) / theta
         x_norms = np.diag(xx)
     else:
         weight = 1.0 + scheme.characteristic(d)
@@ -56,7 +62,7 @@ def _objective(stats: Gram, scheme: Scheme, a: int, b: int, d: int):
         value = yy - 2.0 * np.sum(U * yx_v) + np.sum(weight * K * M)
         grad_u = 2.0 * (U @ (weight * M) - yx_v)
         grad_v = 2.0 * (xx_v @ (weight * K) - yx.T @ U)
-        if dropconnect:
+        if on_weights:
             unit_norms = np.diag(K)
             weight_norms = x_norms @ (V * V)
             value += strength * float(unit_norms @ weight_norms)
@@ -88,17 +94,16 @@ def fit_gd(
     Returns:
         A :class:`GDResult` (final U, V, objective value, iterations, whether L-BFGS converged).
     """
-    if not isinstance(scheme, Scheme):
-        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    scheme = check_scheme(scheme)
     stats = Gram.from_data(X, Y)
     U0 = to_numpy(check.check_matrix(U0, "U0"))
     V0 = to_numpy(check.check_matrix(V0, "V0"))
-    stats._factors(U0, V0, needs_y=True)  # validates the shapes against the data
+    stats.check_factors(U0, V0, needs_y=True)
     max_iterations = check.check_positive_int(max_iterations, "max_iterations")
     tol = check.check_nonnegative(tol, "tol")
     (a, d), b = U0.shape, V0.shape[0]
-    scheme.mean(d)  # validates the width for the scheme
-    function = _objective(stats, scheme, a, b, d)
+    scheme.check_width(d)
+    function = objective_and_gradient(stats, scheme, a, b, d)
     start = np.concatenate([U0.ravel(), V0.ravel()])
     result = optimize.minimize(
         function,

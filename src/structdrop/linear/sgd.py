@@ -24,14 +24,13 @@ from .. import _validation as check
 from .._arrays import to_numpy
 from .._checkpoint import check_array, load_checkpoint, save_checkpoint
 from .._validation import as_generator
-from ..objectives import Gram
-from ..schemes import DropConnect, Scheme
-from . import _engine
+from ..objectives import Gram, weight_keep_prob
+from ..schemes import Scheme, check_scheme
 
 __all__ = ["DivergenceError", "Trajectory", "fit_sgd", "record_points", "safe_learning_rate"]
 
-#: Steps per compiled call: bounds the memory of pre-drawn masks (chunk x d floats; DropConnect
-#: draws chunk x b x d uniforms, so its chunks are shorter).
+#: Steps per compiled call: bounds the memory of pre-drawn masks (chunk x d floats; a law on
+#: weights such as DropConnect draws chunk x b x d uniforms, so its chunks are shorter).
 CHUNK = 8192
 DROPCONNECT_CHUNK = 256
 
@@ -101,11 +100,8 @@ def record_points(iterations: int, record: int | Sequence[int]) -> np.ndarray:
 def safe_learning_rate(X: np.ndarray, U: np.ndarray, V: np.ndarray, scheme: Scheme) -> float:
     """A learning rate below which Algorithm 1 is stable near (U, V): the inverse curvature
     bound ``min_i mu_i / (max_j ||x_j||^2 (||U||_2^2 + ||V||_2^2))``."""
-    mu = (
-        scheme.keep_prob
-        if isinstance(scheme, DropConnect)
-        else float(np.min(scheme.mean(U.shape[1])))
-    )
+    theta = weight_keep_prob(scheme)
+    mu = theta if theta is not None else float(np.min(scheme.mean(U.shape[1])))
     sample_norm = float(np.max(np.sum(X * X, axis=0)))
     spectral = np.linalg.norm(U, 2) ** 2 + np.linalg.norm(V, 2) ** 2
     return mu / max(sample_norm * spectral, np.finfo(float).tiny)
@@ -126,7 +122,7 @@ CHECKPOINT_KIND = "structdrop.linear.fit_sgd"
 
 
 @dataclass
-class _State:
+class RunState:
     """Everything a run needs to continue exactly where it stopped."""
 
     U: np.ndarray
@@ -135,6 +131,14 @@ class _State:
     expected: list[float]
     stochastic: list[float]
     rng_state: dict[str, Any]
+
+    @classmethod
+    def start(
+        cls, U0: np.ndarray, V0: np.ndarray, objective: float, rng: np.random.Generator
+    ) -> RunState:
+        """The state at iteration 0: copies of the initial weights, whose exact objective is
+        ``objective``, and the generator's state."""
+        return cls(U0.copy(), V0.copy(), 0, [objective], [objective], rng.bit_generator.state)
 
     def save(self, path: Path, fingerprint: str) -> None:
         """One checkpoint file: weights, progress and generator state bound together."""
@@ -149,7 +153,7 @@ class _State:
         fingerprint: str,
         shapes: tuple[tuple[int, int], tuple[int, int]],
         points: int,
-    ) -> _State | None:
+    ) -> RunState | None:
         """The verified state at ``path`` (None when there is none); a checkpoint of another
         run, or one whose arrays or progress do not fit this run, raises CheckpointError."""
 
@@ -233,15 +237,74 @@ def fit_sgd(
             safe learning rate.
         CheckpointError: ``checkpoint`` holds a file that is not this run's verified state.
     """
-    if not isinstance(scheme, Scheme):
-        raise TypeError(f"scheme must be a structdrop Scheme, got {scheme!r}")
+    scheme = check_scheme(scheme)
+    X, Y, U_init, V_init = _check_data(X, Y, U0, V0)
+    lr, iterations, decay, optimum = _check_settings(lr, iterations, lr_decay, optimum)
+    d, n_samples = U_init.shape[1], X.shape[1]
+    scheme.check_width(d)
+    points = record_points(iterations, record)
+    rng = as_generator(seed)
+    stats = Gram.from_data(X, Y)
+    path = _checkpoint_path(checkpoint)
+    config = {
+        "scheme": scheme.to_dict(),
+        "lr": lr,
+        "lr_decay": lr_decay,
+        "iterations": iterations,
+        "seed": seed if isinstance(seed, int) else None,
+        "N": n_samples,
+        "width": d,
+    }
+    fingerprint = _fingerprint(X, Y, U_init, V_init, points, rng=rng.bit_generator.state, **config)
+    state = None
+    if path is not None:
+        state = RunState.load(path, fingerprint, (U_init.shape, V_init.shape), points.size)
+    if state is None:
+        state = RunState.start(
+            U_init, V_init, float(stats.expected_loss(U_init, V_init, scheme)), rng
+        )
+    rng.bit_generator.state = state.rng_state
+    limit = 1e8 * max(state.expected[0] / n_samples, float(stats.yy) / n_samples, 1e-300)
+    steps = _Steps(np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T), scheme, lr, decay, limit)
+    bar = _progress(iterations, points[state.position], progress)
+    for position in range(state.position + 1, points.size):
+        start, stop = int(points[position - 1]), int(points[position])
+        try:
+            total = steps.run(state.U, state.V, rng, start, stop, bar)
+        except DivergenceError as error:
+            safe = safe_learning_rate(X, U_init, V_init, scheme)
+            raise DivergenceError(
+                f"{error} Try lr <= {safe:.3g} (a stability bound from the data and the initial "
+                "weights), or add lr_decay."
+            ) from None
+        state.expected.append(float(stats.expected_loss(state.U, state.V, scheme)))
+        state.stochastic.append(n_samples * total / (stop - start))
+        state.position = position
+        state.rng_state = rng.bit_generator.state
+        if path is not None:
+            state.save(path, fingerprint)
+    if bar is not None:
+        bar.close()
+    return _trajectory(state, points, optimum, config)
+
+
+def _check_data(
+    X: Any, Y: Any, U0: Any, V0: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """X, Y, U0, V0 as float64 NumPy matrices of shapes that fit together."""
     X, Y = (to_numpy(check.check_matrix(m, n)) for m, n in ((X, "X"), (Y, "Y")))
-    U_init, V_init = (to_numpy(check.check_matrix(m, n)) for m, n in ((U0, "U0"), (V0, "V0")))
-    U, V = U_init.copy(), V_init.copy()
+    U0, V0 = (to_numpy(check.check_matrix(m, n)) for m, n in ((U0, "U0"), (V0, "V0")))
     check.check_same(Y.shape[1], X.shape[1], "X and Y must have the same number of samples N")
-    check.check_same(U.shape[0], Y.shape[0], "U0's rows must match Y's rows (a)")
-    check.check_same(V.shape[0], X.shape[0], "V0's rows must match X's rows (b)")
-    check.check_same(U.shape[1], V.shape[1], "U0 and V0 must have the same number of columns d")
+    check.check_same(U0.shape[0], Y.shape[0], "U0's rows must match Y's rows (a)")
+    check.check_same(V0.shape[0], X.shape[0], "V0's rows must match X's rows (b)")
+    check.check_same(U0.shape[1], V0.shape[1], "U0 and V0 must have the same number of columns d")
+    return X, Y, U0, V0
+
+
+def _check_settings(
+    lr: Any, iterations: Any, lr_decay: Any, optimum: Any
+) -> tuple[float, int, float, float | None]:
+    """``(lr, iterations, decay, optimum)`` checked; ``decay`` is 0.0 for no decay."""
     lr = check.check_nonnegative(lr, "lr")
     if lr == 0.0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -253,62 +316,12 @@ def fit_sgd(
         if getattr(optimum, "ndim", None) == 0 and hasattr(optimum, "item"):
             optimum = to_numpy(optimum).item()  # e.g. global_minimum(...).value for torch data
         optimum = check.check_nonnegative(optimum, "optimum")
-    d = U.shape[1]
-    n_samples = X.shape[1]
-    scheme.mean(d)  # validates the width for the scheme (e.g. block size dividing d)
-    points = record_points(iterations, record)
-    rng = as_generator(seed)
-    stats = Gram.from_data(X, Y)
-    XT, YT = np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
-    path = _checkpoint_path(checkpoint)
-    config = {
-        "scheme": scheme.to_dict(),
-        "lr": lr,
-        "lr_decay": lr_decay,
-        "iterations": iterations,
-        "seed": seed if isinstance(seed, int) else None,
-        "N": n_samples,
-        "width": d,
-    }
-    fingerprint = _fingerprint(X, Y, U, V, points, rng=rng.bit_generator.state, **config)
-    state = None
-    if path is not None:
-        state = _State.load(path, fingerprint, (U.shape, V.shape), points.size)
-    if state is None:
-        initial = float(stats.expected_loss(U, V, scheme))
-        state = _State(U, V, 0, [initial], [initial], rng.bit_generator.state)
-    rng.bit_generator.state = state.rng_state
-    U, V = state.U, state.V
-    limit = 1e8 * max(state.expected[0] / n_samples, float(stats.yy) / n_samples, 1e-300)
-    bar = _progress(iterations, points[state.position], progress)
-    losses = np.empty(CHUNK)
-    for position in range(state.position + 1, points.size):
-        start, stop = int(points[position - 1]), int(points[position])
-        total = 0.0
-        chunk = DROPCONNECT_CHUNK if isinstance(scheme, DropConnect) else CHUNK
-        for chunk_start in range(start, stop, chunk):
-            steps = min(chunk, stop - chunk_start)
-            done = _run_chunk(
-                XT, YT, U, V, scheme, rng, lr, decay, chunk_start, steps, limit, losses
-            )
-            if done < steps or not np.isfinite(U).all() or not np.isfinite(V).all():
-                raise DivergenceError(
-                    f"SGD diverged at iteration {chunk_start + done} with lr={lr}: the single-"
-                    f"sample loss reached {losses[done]:.3g}. Try lr <= "
-                    f"{safe_learning_rate(X, U_init, V_init, scheme):.3g} "
-                    "(a stability bound from the data and the initial weights), or add lr_decay."
-                )
-            total += float(losses[:steps].sum())
-            if bar is not None:
-                bar.update(steps)
-        state.expected.append(float(stats.expected_loss(U, V, scheme)))
-        state.stochastic.append(n_samples * total / (stop - start))
-        state.position = position
-        state.rng_state = rng.bit_generator.state
-        if path is not None:
-            state.save(path, fingerprint)
-    if bar is not None:
-        bar.close()
+    return lr, iterations, decay, optimum
+
+
+def _trajectory(
+    state: RunState, points: np.ndarray, optimum: float | None, config: dict[str, Any]
+) -> Trajectory:
     expected = np.asarray(state.expected)
     gap = None if optimum is None else (expected - optimum) / max(optimum, np.finfo(float).tiny)
     return Trajectory(
@@ -316,8 +329,8 @@ def fit_sgd(
         expected=expected,
         stochastic=np.asarray(state.stochastic),
         gap=gap,
-        U=U,
-        V=V,
+        U=state.U,
+        V=state.V,
         config=config,
     )
 
@@ -330,19 +343,63 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=int(initial), unit="it", unit_scale=True, leave=False)
 
 
+@dataclass(frozen=True)
+class _Steps:
+    """The SGD steps of a run: sample-major data, the mask law, the step sizes and the loss
+    above which a step counts as diverged."""
+
+    XT: np.ndarray
+    YT: np.ndarray
+    scheme: Scheme
+    lr: float
+    decay: float
+    limit: float
+
+    def run(
+        self,
+        U: np.ndarray,
+        V: np.ndarray,
+        rng: np.random.Generator,
+        start: int,
+        stop: int,
+        bar: Any,
+    ) -> float:
+        """Steps ``start .. stop - 1`` on U and V in place, in chunks of pre-drawn masks; the sum
+        of their single-sample losses. A DivergenceError names the step and ``lr``."""
+        chunk = DROPCONNECT_CHUNK if self.scheme.acts_on == "weights" else CHUNK
+        losses = np.empty(chunk)
+        total = 0.0
+        for chunk_start in range(start, stop, chunk):
+            count = min(chunk, stop - chunk_start)
+            done = run_chunk(
+                self.XT, self.YT, U, V, self.scheme, rng, self.lr, self.decay, chunk_start,
+                count, self.limit, losses,
+            )  # fmt: skip
+            if done < count or not np.isfinite(U).all() or not np.isfinite(V).all():
+                raise DivergenceError(
+                    f"SGD diverged at iteration {chunk_start + done} with lr={self.lr}: the single-"
+                    f"sample loss reached {losses[min(done, count - 1)]:.3g}."
+                )
+            total += float(losses[:count].sum())
+            if bar is not None:
+                bar.update(count)
+        return total
+
+
 def draw_chunk(
     scheme: Scheme, rng: np.random.Generator, steps: int, n_samples: int, d: int, b: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The random draws of ``steps`` SGD steps, in the order the engine consumes them: sample
-    indices, then the scaled masks ``z / mu`` (for DropConnect, boolean masks of V's b x d
-    entries, one per step)."""
+    indices, then the scaled masks ``z / mu`` (for a law on weights such as DropConnect, boolean
+    masks of V's b x d entries, one per step)."""
     indices = rng.integers(0, n_samples, size=steps)
-    if isinstance(scheme, DropConnect):
-        return indices, rng.random((steps, b, d)) < scheme.keep_prob
+    theta = weight_keep_prob(scheme)
+    if theta is not None:
+        return indices, rng.random((steps, b, d)) < theta
     return indices, scheme.sample(steps, d, rng) / scheme.mean(d)
 
 
-def _run_chunk(
+def run_chunk(
     XT: np.ndarray,
     YT: np.ndarray,
     U: np.ndarray,
@@ -356,10 +413,15 @@ def _run_chunk(
     limit: float,
     losses: np.ndarray,
 ) -> int:
+    """Steps ``t0 .. t0 + steps - 1`` of Algorithm 1 on U and V in place (compiled), their
+    single-sample losses in ``losses``; the number of steps done before a loss diverged."""
+    from . import _engine  # numba: loaded when a run starts
+
     indices, masks = draw_chunk(scheme, rng, steps, XT.shape[0], U.shape[1], V.shape[0])
-    if isinstance(scheme, DropConnect):
+    theta = weight_keep_prob(scheme)
+    if theta is not None:
         return _engine.sgd_dropconnect(
-            XT, YT, U, V, indices, masks, scheme.keep_prob, lr, decay, t0, limit, losses
+            XT, YT, U, V, indices, masks, theta, lr, decay, t0, limit, losses
         )
     return _engine.sgd_unit_masks(XT, YT, U, V, indices, masks, lr, decay, t0, limit, losses)
 

@@ -1,4 +1,5 @@
-"""What the layers need to run under ``torch.compile``, ``torch.export`` and CUDA graphs.
+"""What the layers need to run under ``torch.compile``, ``torch.export``, CUDA graphs and
+``torch.fx``.
 
 Three rules keep every layer traceable by Dynamo with ``fullgraph=True`` and capturable in a
 CUDA graph (DESIGN.md, "Devices"):
@@ -14,6 +15,9 @@ CUDA graph (DESIGN.md, "Devices"):
 * Random draws use torch's random operators on the default generator (which CUDA graphs and the
   compiler's random number functionalization know how to replay); no value is read back to the
   host and no shape depends on a draw.
+
+Under ``torch.fx.symbolic_trace`` a layer's input checks and control flow need real tensors, so
+each layer is one node of the traced graph (:func:`module_call`, :func:`fx_call`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+import torch.fx
 
 __all__ = [
     "METHODS",
-    "check_method",
     "check_traceable_generator",
+    "fx_call",
     "host_constant",
     "is_compiling",
+    "module_call",
     "static_sizes",
     "use_dense",
 ]
@@ -64,13 +70,6 @@ def is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def check_method(method: Any) -> str:
-    """``"auto"``, ``"sparse"`` or ``"dense"``."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return method
-
-
 def use_dense(method: str, device: torch.device) -> bool:
     """Whether to take the dense, sync-free path.
 
@@ -100,3 +99,35 @@ def check_traceable_generator(generator: torch.Generator | None) -> None:
     """
     if generator is not None and is_compiling():
         torch._dynamo.graph_break(msg=GENERATOR_MESSAGE)
+
+
+def fx_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Record ``function`` as one ``call_function`` node of the ``torch.fx`` graph that the
+    proxy among ``args`` and ``kwargs`` belongs to.
+
+    A function registered with ``torch.fx.wrap`` is looked up, while a trace runs, as the
+    tracer's patched wrapper; the node records the function that wrapper stands for.
+    """
+    function = getattr(function, "__wrapped__", function)
+    proxy = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy))
+    return proxy.tracer.create_proxy("call_function", function, args, kwargs)
+
+
+def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Under ``torch.fx`` tracing, ``module`` as one ``call_module`` node, else None.
+
+    The traced graph then calls the layer itself, which keeps its training flag, generator and
+    options live (and its input checks and control flow out of the graph). A layer traced as
+    the root module is traced through its functional form instead (None here).
+    """
+    proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    try:
+        path = proxy.tracer.path_of_module(module)
+    except NameError:
+        return None
+    if not path:
+        return None
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    return proxy.tracer.create_proxy("call_module", path, args, kwargs)

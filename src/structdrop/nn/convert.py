@@ -17,14 +17,13 @@ from typing import Any
 
 from torch import nn
 
-from ._dropblock import _OPTION_NAMES
+from ._options import OPTION_NAMES, take_placement
 from .modules import DropBlock2d, DropBlock3d
 
 __all__ = ["convert_dropblock"]
 
-# Keyword options of our layers that ``**options`` may set (they override the mapping).
 #: What ``convert_dropblock`` may set: the layer's arguments (``training`` is the module's mode).
-_OPTIONS = ("p", "block_size", *(name for name in _OPTION_NAMES if name != "training"))
+_OPTIONS = ("p", "block_size", *(name for name in OPTION_NAMES if name != "training"))
 
 
 def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:
         "block_size": layer.block_size,
         "inplace": bool(layer.inplace),
         "eps": layer.eps,
-        "placement": "valid",
+        "boundary": "valid",
         "shared_channels": False,
     }
 
@@ -59,7 +58,7 @@ def _timm(layer: Any, three_d: bool) -> dict[str, Any]:
         "p": min(max(rate, 0.0), 1.0),
         "block_size": layer.block_size,
         "inplace": bool(getattr(layer, "inplace", False)),
-        "placement": "clipped",
+        "boundary": "clipped",
         "shared_channels": bool(getattr(layer, "couple_channels", True)),
         "batchwise": bool(getattr(layer, "batchwise", False)),
     }
@@ -71,7 +70,7 @@ def _dropblock(layer: Any, three_d: bool) -> dict[str, Any]:
         "cls": DropBlock3d if three_d else DropBlock2d,
         "p": float(layer.drop_prob),
         "block_size": layer.block_size,
-        "placement": "clipped",
+        "boundary": "clipped",
         "shared_channels": True,
     }
 
@@ -129,12 +128,12 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     layer                                        replacement
     ============================================ =========================================
     ``torchvision.ops.DropBlock2d/3d(p, b,``     ``DropBlock2d/3d(p, b, inplace, eps,``
-    ``inplace, eps)``                            ``placement="valid", shared_channels=False)``
+    ``inplace, eps)``                            ``boundary="valid", shared_channels=False)``
     timm ``DropBlock2d(drop_prob, b,``           ``DropBlock2d(min(gamma_scale * drop_prob,``
-    ``gamma_scale, inplace, couple_channels)``   ``1), b, inplace, placement="clipped",``
+    ``gamma_scale, inplace, couple_channels)``   ``1), b, inplace, boundary="clipped",``
                                                  ``shared_channels=couple_channels)``
     ``dropblock.DropBlock2D/3D(drop_prob, b)``   ``DropBlock2d/3d(drop_prob, b,``
-                                                 ``placement="clipped", shared_channels=True)``
+                                                 ``boundary="clipped", shared_channels=True)``
     ============================================ =========================================
 
     Every replacement keeps our defaults otherwise: ``gamma="mean"`` (the mean drop rate over
@@ -152,7 +151,8 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     Args:
         model: any module; a model without such layers comes back unchanged.
         **options: keyword arguments of :class:`~structdrop.nn.DropBlock2d` (also ``p`` and
-            ``block_size``) that override the mapping for every replaced layer.
+            ``block_size``) that override the mapping for every replaced layer; ``placement``
+            is the deprecated name of ``boundary``, accepted until the next release.
 
     Returns:
         ``model`` itself, or the replacement when ``model`` is itself such a layer.
@@ -165,6 +165,7 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    take_placement(options, "convert_dropblock")
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(

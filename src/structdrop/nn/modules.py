@@ -14,19 +14,16 @@ layer, so ``train()``/``eval()`` still switch it); a layer traced on its own is 
 
 from __future__ import annotations
 
-import functools
-import numbers
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import _validation as check
-from ..objectives import _penalty, penalty
 from ..schemes import Scheme, check_scheme
-from ._dropblock import check_drop_rate, check_inplace
-from ._tracing import check_method, host_constant, is_compiling
+from ._options import BOUNDARIES, GAMMA_RULES, SCALES, accepts_placement, warn_placement
+from ._penalty import DropoutPenalty
+from ._tracing import METHODS, module_call
 from .functional import (
     block_dropout,
     drop_block1d,
@@ -45,30 +42,6 @@ __all__ = [
     "DropoutPenalty",
     "StructuredDropout",
 ]
-
-PLACEMENTS = ("valid", "clipped")
-GAMMA_RULES = ("mean", "interior", "ghiasi")
-SCALES = ("expected", "batch")
-
-
-def _traced_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """Under ``torch.fx`` tracing, ``module`` as one ``call_module`` node, else None.
-
-    The traced graph then calls the layer itself, which keeps its training flag, generator and
-    options live (and its input checks and control flow out of the graph). A layer traced as
-    the root module is traced through its functional form instead.
-    """
-    proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy)), None)
-    if proxy is None:
-        return None
-    try:
-        path = proxy.tracer.path_of_module(module)
-    except NameError:
-        return None
-    if not path:
-        return None
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    return proxy.tracer.create_proxy("call_module", path, args, kwargs)
 
 
 def _check_block_sizes(block_size: Any, ndim: int) -> int | tuple[int, ...]:
@@ -106,11 +79,9 @@ class BlockDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check_drop_rate(p)
+        self.p = check.check_drop_rate(p)
         self.block_size = check.check_block_size(block_size)
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-            raise TypeError(f"dim must be an integer, got {dim!r}")
-        self.dim = int(dim)
+        self.dim = check.check_integer(dim, "dim")
         self.inplace = bool(inplace)
         self.generator = check.check_generator(generator)
 
@@ -119,7 +90,7 @@ class BlockDropout(nn.Module):
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
         if isinstance(input, torch.fx.Proxy):
-            node = _traced_call(self, input, generator=generator)
+            node = module_call(self, input, generator=generator)
             if node is not None:
                 return node
         return block_dropout(
@@ -142,6 +113,7 @@ class _DropBlockNd(nn.Module):
 
     _spatial_dims: int = 0
 
+    @accepts_placement
     def __init__(
         self,
         p: float,
@@ -149,7 +121,7 @@ class _DropBlockNd(nn.Module):
         inplace: bool = False,
         eps: float = 1e-6,
         *,
-        placement: str = "valid",
+        boundary: str = "valid",
         gamma: str | float = "mean",
         scale: str = "expected",
         shared_channels: bool = False,
@@ -158,16 +130,16 @@ class _DropBlockNd(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check_drop_rate(p)
+        self.p = check.check_drop_rate(p)
         self.block_size = _check_block_sizes(block_size, self._spatial_dims)
-        self.inplace = check_inplace(inplace)
+        self.inplace = check.check_inplace(inplace)
         self.eps = check.check_nonnegative(eps, "eps")
-        self.placement = check.check_choice(placement, "placement", PLACEMENTS)
+        self.boundary = check.check_choice(boundary, "boundary", BOUNDARIES)
         self.gamma = check.check_gamma_rule(gamma, GAMMA_RULES)
         self.scale = check.check_choice(scale, "scale", SCALES)
         self.shared_channels = bool(shared_channels)
         self.batchwise = bool(batchwise)
-        self.method = check_method(method)
+        self.method = check.check_choice(method, "method", METHODS)
         self.generator = check.check_generator(generator)
 
     @property
@@ -177,7 +149,24 @@ class _DropBlockNd(nn.Module):
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
-        self.p = check_drop_rate(value, "drop_prob")
+        self.p = check.check_drop_rate(value, "drop_prob")
+
+    @property
+    def placement(self) -> str:
+        """Deprecated name of :attr:`boundary` (until the next release)."""
+        warn_placement()
+        return self.boundary
+
+    @placement.setter
+    def placement(self, value: str) -> None:
+        warn_placement()
+        self.boundary = check.check_choice(value, "boundary", BOUNDARIES)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "placement" in state:  # a layer pickled under the deprecated attribute name
+            state = {**state, "boundary": state["placement"]}
+            del state["placement"]
+        super().__setstate__(state)
 
     def _function(self) -> Any:
         raise NotImplementedError
@@ -187,7 +176,7 @@ class _DropBlockNd(nn.Module):
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
         if isinstance(input, torch.fx.Proxy):
-            node = _traced_call(self, input, generator=generator)
+            node = module_call(self, input, generator=generator)
             if node is not None:
                 return node
         return self._function()(
@@ -197,7 +186,7 @@ class _DropBlockNd(nn.Module):
             self.inplace,
             self.eps,
             self.training,
-            placement=self.placement,
+            boundary=self.boundary,
             gamma=self.gamma,
             scale=self.scale,
             shared_channels=self.shared_channels,
@@ -208,7 +197,7 @@ class _DropBlockNd(nn.Module):
 
     def extra_repr(self) -> str:
         text = (
-            f"p={self.p}, block_size={self.block_size}, placement={self.placement!r}, "
+            f"p={self.p}, block_size={self.block_size}, boundary={self.boundary!r}, "
             f"gamma={self.gamma!r}, scale={self.scale!r}"
         )
         for flag in ("shared_channels", "batchwise", "inplace"):
@@ -223,7 +212,7 @@ class _DropBlockNd(nn.Module):
 
 _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per unit.
 
-    Every candidate window of ``block_size`` (the block fits: ``placement="valid"``, as
+    Every candidate window of ``block_size`` (the block fits: ``boundary="valid"``, as
     torchvision; or centred on any unit and clipped: ``"clipped"``, as timm) is dropped with
     probability ``gamma``, and a unit is kept iff no dropped window covers it: its keep
     probability is exactly ``mu_i = (1 - gamma)^{{n_i}}`` with ``n_i`` the windows covering it
@@ -241,7 +230,8 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
         inplace: multiply the input in place.
         eps: added to the number of kept units by ``scale="batch"`` (torchvision's ``eps``);
             unused by the default ``scale="expected"``.
-        placement: ``"valid"`` (default) or ``"clipped"``.
+        boundary: ``"valid"`` (default) or ``"clipped"``; ``placement`` is its deprecated name
+            (keyword and attribute), accepted until the next release.
         gamma: ``"mean"`` (default: the mean drop rate over the map is exactly p),
             ``"interior"`` (units away from the border drop with rate exactly p), ``"ghiasi"``
             (the published approximation), or a window drop probability in [0, 1).
@@ -321,7 +311,7 @@ class DropConnectLinear(nn.Linear):
         in_features = check.check_positive_int(in_features, "in_features")
         out_features = check.check_positive_int(out_features, "out_features")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.p = check_drop_rate(p)
+        self.p = check.check_drop_rate(p)
         self.per_sample = bool(per_sample)
         self.chunk_size = (
             None if chunk_size is None else check.check_positive_int(chunk_size, "chunk_size")
@@ -333,7 +323,7 @@ class DropConnectLinear(nn.Linear):
     ) -> torch.Tensor:
         """The masked linear map in training mode, ``nn.Linear``'s otherwise."""
         if isinstance(input, torch.fx.Proxy):
-            node = _traced_call(self, input, generator=generator)
+            node = module_call(self, input, generator=generator)
             if node is not None:
                 return node
         return dropconnect_linear(
@@ -365,8 +355,10 @@ class StructuredDropout(nn.Module):
     ``<Cbar, (U^T U) * (G G^T)>`` (Thm 3.1, eq. 14-15), which :class:`DropoutPenalty` computes.
 
     Args:
-        scheme: the mask law (``Bernoulli``, ``GridBlock``, ``SlidingBlock``, ``DropConnect``,
-            ``Discrete``, ...); every ``mu_i`` must be nonzero.
+        scheme: a mask law on units (``Bernoulli``, ``GridBlock``, ``SlidingBlock``,
+            ``Discrete``, ...); every ``mu_i`` must be nonzero. DropConnect's masks fall on
+            weights: use :class:`DropConnectLinear`, or ``scheme.on_units()`` for the law on
+            units with the same regularizer (a ValueError says so).
         inplace: multiply the input in place.
         generator: a ``torch.Generator`` on the input's device, or None.
 
@@ -382,6 +374,7 @@ class StructuredDropout(nn.Module):
     ) -> None:
         super().__init__()
         self.scheme = check_scheme(scheme)
+        check.check_law_on_units(scheme, "StructuredDropout")
         self.inplace = bool(inplace)
         self.generator = check.check_generator(generator)
 
@@ -390,7 +383,7 @@ class StructuredDropout(nn.Module):
     ) -> torch.Tensor:
         """Masked and rescaled features in training mode; ``input`` itself in eval mode."""
         if isinstance(input, torch.fx.Proxy):
-            node = _traced_call(self, input, generator=generator)
+            node = module_call(self, input, generator=generator)
             if node is not None:
                 return node
         return structured_dropout(
@@ -403,106 +396,3 @@ class StructuredDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}" + (", inplace=True" if self.inplace else "")
-
-
-class DropoutPenalty(nn.Module):
-    """The regularizer a mask law induces on the last layer, as a differentiable loss term.
-
-    For features ``G`` (d x N, one column per sample) read by a last linear layer ``U``
-    (a x d), masks ``z`` of ``scheme`` applied as ``diag(mu)^-1 diag(z) G`` give (Thm 3.1,
-    eq. 14-15)::
-
-        E_z ||Y - U diag(mu)^-1 diag(z) G||^2 = ||Y - U G||^2 + <Cbar, (U^T U) * (G G^T)>,
-
-    with ``Cbar = C / (mu mu^T)`` (eq. 16). Adding this module's output to the plain summed
-    squared error trains on the expected objective exactly, without masks and without their
-    gradient noise; e.g. for Dropout it is ``p/(1-p) sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2), for
-    :class:`structdrop.GridBlock` ``p/(1-p) sum_blocks ||U_i G_i||_F^2`` (Lemma 2.1, eq. 5).
-
-    Args:
-        scheme: the mask law on the d features.
-
-    Shape:
-        weight: ``(a, d)``, e.g. ``nn.Linear(d, a).weight``. features: ``(N, d)``, one row per
-        sample (the input of that layer). Output: a scalar (summed over samples, no 1/2).
-    """
-
-    def __init__(self, scheme: Scheme) -> None:
-        super().__init__()
-        self.scheme = check_scheme(scheme)
-
-    def forward(self, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``structdrop.penalty(weight, features.T, scheme)``.
-
-        Args:
-            weight: (a, d) weights of the layer that reads the features.
-            features: (N, d) features, one row per sample.
-
-        Returns:
-            The penalty, a 0-d tensor (float64 if either input is float64, else float32); a
-            0-d meta tensor for meta inputs (shape propagation).
-        """
-        if isinstance(features, torch.fx.Proxy):
-            node = _traced_call(self, weight, features)
-            if node is not None:
-                return node
-        return _dropout_penalty(weight, features, self.scheme)
-
-    def extra_repr(self) -> str:
-        return f"scheme={self.scheme!r}"
-
-
-def _dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Scheme) -> torch.Tensor:
-    """``penalty(weight, features.T, scheme)`` with the features checked."""
-    if isinstance(features, torch.fx.Proxy):
-        return features.tracer.create_proxy(
-            "call_function", _dropout_penalty, (weight, features, scheme), {}
-        )
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if features.ndim != 2:
-        raise ValueError(f"features must be a 2-D (N, d) matrix, got shape {tuple(features.shape)}")
-    if features.is_meta or (isinstance(weight, torch.Tensor) and weight.is_meta):
-        # shape propagation: the same formula on meta tensors, no look at the values
-        weight = check.check_matrix(check.check_float_tensor(weight, "weight"), "weight", meta=True)
-        features = check.check_matrix(features, "features", meta=True)
-        check.check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
-        return _penalty(weight, features.T, scheme)
-    if is_compiling() or features.device.type != "cpu":
-        return _traceable_penalty(weight, features, scheme)
-    return penalty(weight, features.T, scheme)
-
-
-def _traceable_penalty(
-    weight: torch.Tensor, features: torch.Tensor, scheme: Scheme
-) -> torch.Tensor:
-    """``<Cbar, (W^T W) * (F^T F)>`` with checks of shapes and dtypes only: no look at the
-    values, so no host sync (accelerators) and no data-dependent branch (``torch.compile``);
-    a non-finite input gives a non-finite penalty, as torch's losses do."""
-    weight = check.check_float_tensor(weight, "weight")
-    if weight.ndim != 2 or 0 in tuple(weight.shape):
-        raise ValueError(f"weight must be a non-empty 2-D matrix, got shape {tuple(weight.shape)}")
-    if 0 in tuple(features.shape):
-        raise ValueError(f"features must not be empty, got shape {tuple(features.shape)}")
-    check.check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
-    double = torch.float64 in (weight.dtype, features.dtype)
-    dtype = torch.float64 if double else torch.float32
-    weight, features = weight.to(dtype), features.to(dtype)
-    cbar = _characteristic(scheme, weight.shape[1], features.device, dtype)
-    return (cbar * (weight.T @ weight) * (features.T @ features)).sum()
-
-
-@host_constant
-def _characteristic(
-    scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """``Cbar`` (eq. 16) on a device, made once per scheme, width, device and dtype."""
-    return _characteristic_cached(scheme, d, device, dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _characteristic_cached(
-    scheme: Scheme, d: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    cbar = np.array(scheme.characteristic(d), dtype=np.float64)
-    return torch.from_numpy(cbar).to(device=device, dtype=dtype)

@@ -1,0 +1,172 @@
+"""The Fig. 2 experiment: train, compare with the theory, write the figure and its data.
+
+``<out>/fig2.json`` holds results only (the same bytes for the same seed); how long the run
+took, and where, goes to ``<out>/timings.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..._files import remove_stale_temporaries
+from .. import _io, plots
+from .config import CHECKPOINT_EVERY, DeepConfig, make_scheme
+from .data import download as download_dataset
+from .parallel import Processes, processes
+from .theory import theoretical_minimum
+from .training import TrainResult, train
+
+__all__ = ["results", "results_name", "run_deep", "timing"]
+
+
+def results_name(config: DeepConfig) -> str:
+    """``fig2`` for digits, ``fig2_<dataset>`` for the other data sets."""
+    return "fig2" if config.dataset == "digits" else f"fig2_{config.dataset}"
+
+
+def _relative_error(trained: list[float], predicted: list[float]) -> float:
+    """``max_i |s_i - x_i| / x_1``: how far the trained spectrum is from the prediction."""
+    s, x = np.asarray(trained), np.asarray(predicted)
+    k = min(s.size, x.size)
+    return float(np.max(np.abs(s[:k] - x[:k])) / max(float(x[0]), 1e-300))
+
+
+def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
+    """The figure's data: results only, the same bytes for the same seed (no timings)."""
+    scheme = make_scheme(config)
+    data = result.data
+    theory = theoretical_minimum(data.targets().numpy(), scheme, config.width)
+    final = result.final
+    norms = np.asarray(final["block_norms"])
+    output: dict[str, Any] = {
+        "experiment": "fig2",
+        "figure": f"{results_name(config)}.png",
+        "config": config.identity(),
+        "dataset": {
+            "name": data.name,
+            "train_size": len(data),
+            "classes": data.classes,
+            "image_size": config.image_size,
+            "class_counts": torch.bincount(data.labels, minlength=data.classes).tolist(),
+        },
+        "scheme": scheme.to_dict(),
+        "history": result.history,
+        "final": final,
+        "theory": dataclasses.asdict(theory) if theory is not None else None,
+        "gap": None,
+        "singular_value_error": None,
+        "balance": float(norms.std() / norms.mean()) if norms.mean() > 0 else None,
+    }
+    if theory is not None:
+        output["gap"] = (final["objective"] - theory.value) / theory.value
+        output["singular_value_error"] = _relative_error(
+            final["singular_values"], theory.singular_values
+        )
+    return output
+
+
+def timing(config: DeepConfig, result: TrainResult, procs: Processes) -> dict[str, Any]:
+    """How long the run took, and where: kept in ``timings.json``, out of the figure's data."""
+    seconds = float(sum(result.epoch_seconds))
+    images = len(result.data) * config.epochs
+    device = str(procs.device)
+    if procs.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(procs.device)})"
+    return {
+        "train_seconds": seconds,
+        "images_per_second": images / seconds if seconds > 0 else None,
+        "device": device,
+        "processes": procs.world,
+        "amp": bool(config.amp and procs.device.type == "cuda"),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_deep(
+    config: DeepConfig,
+    out: Path,
+    force: bool = False,
+    progress: bool | None = True,
+    download: bool = False,
+    checkpoint_every: float = CHECKPOINT_EVERY,
+) -> dict[str, Any]:
+    """Run the Fig. 2 experiment and write ``<out>/fig2.png`` and ``<out>/fig2.json``.
+
+    Other data sets than ``digits`` write ``fig2_<dataset>.*``. A finished run with the same
+    configuration is reused unless ``force``; an interrupted one resumes from
+    ``<out>/checkpoints/fig2*.pt`` (deleted once the results are written). Under
+    ``torch.distributed`` process 0 writes the files and every process returns the data.
+
+    Args:
+        config: the run (see :class:`DeepConfig`).
+        out: results folder.
+        force: recompute even if results or a checkpoint exist.
+        progress: show a progress bar (None: only on an interactive terminal).
+        download: first fetch the data set into ``config.data_dir`` through torchvision
+            (process 0; see :func:`~structdrop.experiments.deep.data.download`).
+        checkpoint_every: seconds of training between checkpoints (0: every epoch).
+
+    Returns:
+        The JSON data (see :func:`structdrop.experiments.report.deep_section`).
+    """
+    out = Path(out)
+    procs = processes(config)
+    if download:
+        if procs.main:
+            download_dataset(config.dataset, config.data_dir)
+        procs.barrier()
+    name = results_name(config)
+    json_path, figure_path = out / f"{name}.json", out / f"{name}.png"
+    checkpoint = out / "checkpoints" / f"{name}.pt"
+    cached = None if force else _cached_results(json_path, config)
+    if cached is not None:
+        if procs.main and not figure_path.exists():
+            _io.write_bytes(figure_path, plots.render("fig2", cached, dpi=120))
+        return cached
+    if force and procs.main:
+        checkpoint.unlink(missing_ok=True)
+    procs.barrier()
+    result = train(
+        config, checkpoint=checkpoint, progress=progress, checkpoint_every=checkpoint_every
+    )
+    data = _io.to_jsonable(results(config, result))
+    if procs.main:
+        _io.write_json(json_path, data)
+        _io.write_bytes(figure_path, plots.render("fig2", data, dpi=120))
+        _io.record_timing(out, name, timing(config, result, procs))
+        checkpoint.unlink(missing_ok=True)
+        remove_stale_temporaries(checkpoint)
+        with contextlib.suppress(OSError):
+            checkpoint.parent.rmdir()  # only when empty
+    procs.barrier()
+    return data
+
+
+def _cached_results(path: Path, config: DeepConfig) -> dict[str, Any] | None:
+    """The finished results at ``path`` if they were made with ``config``; a file there that is
+    not Fig. 2 data raises InputError (it is not overwritten without ``--force``)."""
+    if not path.exists():
+        return None
+    try:
+        cached = _io.read_json(path)
+    except (OSError, ValueError) as error:
+        raise _io.InputError(
+            f"{path} is not Fig. 2 data ({error}); move it away or rerun with --force"
+        ) from None
+    if not isinstance(cached, dict) or cached.get("experiment") != "fig2":
+        raise _io.InputError(
+            f"{path} is not Fig. 2 data (no 'experiment': 'fig2' entry); move it away or rerun "
+            "with --force"
+        )
+    return cached if cached.get("config") == _io.normalized(config.identity()) else None

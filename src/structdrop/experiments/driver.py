@@ -1,0 +1,139 @@
+"""Running the synthetic figures: skip the finished ones, write each figure's PNG and JSON
+atomically, keep checkpoints while a figure runs and drop them once it is written.
+
+A figure is done when its JSON exists, was made with the same settings and names every run's
+mask law by identity; anything else is recomputed (a file that is not a structdrop figure is
+not overwritten without ``force``). Timings go to ``timings.json``, never into a figure's data:
+the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..linear import DivergenceError
+from . import _io, plots
+from .config import Config
+from .figures import FIGURES, check_figures, read_current
+from .runs import single_thread
+
+__all__ = ["check_outputs", "discard_checkpoints", "is_done", "run", "run_figure"]
+
+
+def is_done(out: Path, name: str, config: Config) -> bool:
+    """A figure is done when its JSON exists, names every run's mask law by identity, and was
+    made with the same settings (the whole :meth:`Config.identity`: a quick result never stands
+    in for a full one, nor one of another seed, scale or drop rate)."""
+    try:
+        made = read_current(Path(out) / f"{name}.json", name)
+    except _io.InputError:
+        return False
+    return made is not None and made["config"] == _io.normalized(config.identity())
+
+
+def check_outputs(out: Path, names: Sequence[str], force: bool) -> None:
+    """Refuse to overwrite a ``<figure>.json`` that is not a structdrop figure (a file of the
+    user's that happens to have the name), unless ``force``. A structdrop figure whose runs do
+    not name their laws by identity is ours: it is recomputed.
+
+    Raises:
+        InputError: such a file stands where a requested figure would be written.
+    """
+    if force:
+        return
+    for name in names:
+        try:
+            _io.read_figure(Path(out) / f"{name}.json", name)
+        except _io.InputError as error:
+            raise _io.InputError(
+                f"{error}; move it away, choose another --out, or overwrite it with --force"
+            ) from None
+
+
+def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Compute one figure, write ``<out>/<name>.png`` and ``<out>/<name>.json`` (atomically, the
+    JSON last: it marks the figure as done), and drop its checkpoints. The time it took goes to
+    ``<out>/timings.json``, not into the figure's data (same seed, same bytes).
+
+    A killed run keeps its checkpoints and resumes; a diverged one loses them (they are useless).
+    """
+    out = Path(out)
+    figure = FIGURES[name]
+    fresh = not out.exists()
+    start = time.perf_counter()
+    try:
+        with single_thread():
+            result = figure.compute(config, out / "checkpoints" / name, progress)
+    except DivergenceError:
+        discard_checkpoints(out, name)
+        if fresh:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+        raise
+    elapsed = time.perf_counter() - start
+    data = {"figure": name, "title": figure.title, "config": config.identity(), **result}
+    data = _io.to_jsonable(data)
+    _io.write_bytes(out / f"{name}.png", plots.render(name, data))
+    _io.write_json(out / f"{name}.json", data)
+    _io.record_timing(out, name, {"elapsed_s": elapsed, "n_jobs": config.n_jobs})
+    discard_checkpoints(out, name)
+    return data
+
+
+def discard_checkpoints(out: Path, name: str) -> None:
+    """Remove the checkpoints of figure ``name`` (and the checkpoints folder once empty)."""
+    shutil.rmtree(Path(out) / "checkpoints" / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (Path(out) / "checkpoints").rmdir()  # only when empty
+
+
+def run(
+    figures: Sequence[str] | None,
+    out: str | Path,
+    quick: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = False,
+    config: Config | None = None,
+    report: Callable[[str, str, dict[str, Any] | None], None] | None = None,
+) -> dict[str, str]:
+    """Run the requested figures (all by default) and return ``{name: "done" | "skipped"}``.
+
+    Args:
+        figures: figure names (see :data:`.figures.FIGURES`); empty or None for all.
+        out: output folder.
+        quick: shrink the iterations (tests, smoke runs).
+        seed: the seed of the data and of every run.
+        force: recompute figures whose JSON already exists, discarding their checkpoints (also
+            damaged or foreign ones) and overwriting files that stand in the way.
+        progress: tqdm progress bars.
+        config: base settings (default :class:`Config`); ``quick`` and ``seed`` apply on top.
+        report: called as ``report(name, status, data)`` after each figure.
+    """
+    names = check_figures(figures)
+    base = Config() if config is None else config
+    base = dataclasses.replace(base, seed=seed)
+    if quick and not base.quick:
+        base = base.quick_version()
+    out = Path(out)
+    check_outputs(out, names, force)
+    status: dict[str, str] = {}
+    for name in names:
+        if force:
+            discard_checkpoints(out, name)
+        elif is_done(out, name, base):
+            status[name] = "skipped"
+            if report is not None:
+                report(name, "skipped", None)
+            continue
+        data = run_figure(name, base, out, progress=progress)
+        status[name] = "done"
+        if report is not None:
+            report(name, "done", data)
+    return status

@@ -1,0 +1,144 @@
+"""Window drop probabilities (the gamma rules) and exact keep probabilities, on the host.
+
+Every candidate window is dropped with probability ``gamma``; unit ``i``, covered by ``n_i``
+windows, is kept with probability ``mu_i = (1 - gamma)^{n_i}`` (NOTES.md, "Sec. 5.3 (matching
+sliding DropBlock to the grid form), corrected"). The rules that turn a drop rate ``p`` into
+``gamma`` are described in ``window_drop_prob``. Everything here is computed in float64 with
+NumPy, once per configuration (cached), from validated arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._masking import exact_dtype
+from ._tracing import host_constant
+from ._windows import count_histogram, window_counts
+
+__all__ = [
+    "device_counts",
+    "gamma_for",
+    "inverse_keep_prob",
+    "keep_prob",
+    "window_gamma",
+]
+
+# Bisection steps for the "mean" rule: enough to reach float64 resolution for any root in
+# (0, 1), even a subnormal one (the loop stops as soon as the bracket cannot be split).
+_BISECTION_STEPS = 1100
+
+
+def _mean_rate_below(gamma: float, p: float, values: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether the mean drop rate ``mean_i 1 - (1 - gamma)^{n_i}`` at ``gamma`` is below ``p``,
+    compared in drop rates for ``p <= 1/2`` (accurate for tiny rates) and in keep rates above
+    (``1 - p`` is exact there, and tiny keep rates stay accurate)."""
+    log_keep = values * math.log1p(-gamma)
+    if p <= 0.5:
+        return -float(weights @ np.expm1(log_keep)) < p
+    return float(weights @ np.exp(log_keep)) > 1.0 - p
+
+
+def _mean_rule(p: float, spatial: tuple[int, ...], block: tuple[int, ...], boundary: str) -> float:
+    """The gamma with mean drop rate exactly ``p``, by bisection (the rate is 0 at gamma = 0,
+    increasing, 1 at gamma = 1)."""
+    values, weights = count_histogram(spatial, block, boundary)
+    lo, hi = 0.0, 1.0
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if _mean_rate_below(mid, p, values, weights):
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi) if hi < 1.0 else lo
+
+
+def _ghiasi_rule(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
+    """Ghiasi et al.'s ``p / prod(w_k) * prod(L_k / (L_k - w_k + 1))`` with ``w = min(r, L)``,
+    as torchvision, capped below 1."""
+    gamma = p
+    for length, r in zip(spatial, block, strict=True):
+        w = min(r, length)
+        gamma *= length / (w * (length - w + 1))
+    return min(gamma, math.nextafter(1.0, 0.0))
+
+
+@functools.lru_cache(maxsize=256)
+def gamma_for(
+    p: float, spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, rule: str
+) -> float:
+    """The window drop probability of a rule (validated arguments, ``p < 1``)."""
+    if p == 0.0:
+        return 0.0
+    if rule == "mean":
+        return _mean_rule(p, spatial, block, boundary)
+    if rule == "interior":
+        volume = int(window_counts(spatial, block, boundary).max())
+        return -math.expm1(math.log1p(-p) / volume)
+    return _ghiasi_rule(p, spatial, block)
+
+
+def window_gamma(
+    p: float, spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, rule: str | float
+) -> float:
+    """``gamma`` of a rule, or the rule itself when it is a number (eager calls)."""
+    if isinstance(rule, float):
+        return rule
+    return gamma_for(p, spatial, block, boundary, rule)
+
+
+@functools.lru_cache(maxsize=128)
+def keep_prob(
+    spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, gamma: float
+) -> Tensor:
+    """``mu = (1 - gamma)^n`` as a float64 CPU tensor (cached: never modify it)."""
+    counts = window_counts(spatial, block, boundary)
+    return torch.from_numpy(np.exp(counts * math.log1p(-gamma)))
+
+
+@functools.lru_cache(maxsize=64)
+def device_counts(
+    spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, device: torch.device
+) -> Tensor:
+    """``n_i`` on a device (one upload per configuration; cached: never modify it)."""
+    counts = torch.from_numpy(window_counts(spatial, block, boundary).astype(np.float64))
+    return counts.to(device=device, dtype=exact_dtype(device))
+
+
+@functools.lru_cache(maxsize=128)
+def _inverse_keep_prob_cached(
+    spatial: tuple[int, ...],
+    block: tuple[int, ...],
+    boundary: str,
+    gamma: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    counts = device_counts(spatial, block, boundary, device)
+    mu = torch.exp(counts * math.log1p(-gamma))  # on the device: no upload for a new gamma
+    inverse = torch.where(mu > 0, 1.0 / mu.clamp_min(torch.finfo(mu.dtype).tiny), 0.0)
+    return inverse.clamp_max(torch.finfo(dtype).max).to(dtype)
+
+
+@host_constant
+def inverse_keep_prob(
+    spatial: tuple[int, ...],
+    block: tuple[int, ...],
+    boundary: str,
+    gamma: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``1 / mu`` on a device in a dtype; 0 where mu underflows, capped at the dtype's largest
+    finite value, so that no scale is infinite (cached: never modify it; trace-safe).
+
+    A new ``gamma`` (e.g. under :class:`structdrop.nn.DropRateSchedule`) is computed on the
+    device from the cached window counts, so it costs no host-to-device copy.
+    """
+    return _inverse_keep_prob_cached(spatial, block, boundary, gamma, device, dtype)

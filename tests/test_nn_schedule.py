@@ -1,0 +1,78 @@
+"""DropRateSchedule: a linear warm-up of the drop probability of several layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import structdrop as sd
+from structdrop import nn as sdnn
+
+
+def test_schedule_warms_up_every_layer_linearly_then_holds():
+    layers = [sdnn.BlockDropout(0.5, 2), sdnn.DropBlock2d(0.5, 3), nn.Dropout(0.5)]
+    schedule = sdnn.DropRateSchedule(layers, stop=0.2, steps=4, start=0.04)
+    assert all(layer.p == 0.04 for layer in layers)  # step 0 sets start
+    seen = [schedule.step() for _ in range(6)]
+    np.testing.assert_allclose(seen, [0.08, 0.12, 0.16, 0.2, 0.2, 0.2], rtol=1e-12)
+    assert all(layer.p == pytest.approx(0.2) for layer in layers)
+    assert schedule.p == pytest.approx(0.2)
+    assert schedule.last_step == 6
+
+
+def test_schedule_finds_the_layers_of_a_model_and_applies_them():
+    model = nn.Sequential(
+        nn.Linear(4, 4),
+        sdnn.BlockDropout(0.0, 2),
+        nn.Dropout(0.0),
+        sdnn.StructuredDropout(sd.Bernoulli(0.1)),
+    )
+    schedule = sdnn.DropRateSchedule(model, stop=0.5, steps=2)
+    assert len(schedule.layers) == 2
+    schedule.step()
+    assert model[1].p == 0.25
+    assert model[2].p == 0.25
+    x = torch.ones(1000, 4)
+    assert bool((model[1](x) == 0).any())
+    single = sdnn.BlockDropout(0.3, 2)
+    assert sdnn.DropRateSchedule(single, 0.1, 3).layers == [single]
+
+
+def test_schedule_state_dict_round_trip():
+    layers = [sdnn.BlockDropout(0.0, 2), sdnn.BlockDropout(0.0, 4)]
+    schedule = sdnn.DropRateSchedule(layers, stop=0.3, steps=10)
+    for _ in range(3):
+        schedule.step()
+    state = schedule.state_dict()
+    assert state == {"last_step": 3, "start": 0.0, "stop": 0.3, "steps": 10}
+    fresh_layers = [sdnn.BlockDropout(0.0, 2), sdnn.BlockDropout(0.0, 4)]
+    resumed = sdnn.DropRateSchedule(fresh_layers, stop=0.9, steps=1)
+    resumed.load_state_dict(state)
+    assert [layer.p for layer in fresh_layers] == pytest.approx([0.09, 0.09])
+    assert resumed.step() == schedule.step()
+    assert "last_step=4" in repr(resumed)
+
+
+def test_schedule_rejects_bad_arguments():
+    layer = sdnn.BlockDropout(0.0, 2)
+    with pytest.raises(ValueError, match=r"stop must be in \[0, 1\), got 1.0"):
+        sdnn.DropRateSchedule([layer], stop=1.0, steps=3)
+    with pytest.raises(ValueError, match="start must be in"):
+        sdnn.DropRateSchedule([layer], stop=0.1, steps=3, start=-0.1)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        sdnn.DropRateSchedule([layer], stop=0.1, steps=0)
+    with pytest.raises(ValueError, match="layers must not be empty"):
+        sdnn.DropRateSchedule([], stop=0.1, steps=3)
+    with pytest.raises(TypeError, match=r"layers\[1\] must have a drop probability"):
+        sdnn.DropRateSchedule([layer, nn.ReLU()], stop=0.1, steps=3)
+    with pytest.raises(ValueError, match="layers must contain a module"):
+        sdnn.DropRateSchedule(nn.Linear(2, 2), stop=0.1, steps=3)
+    with pytest.raises(TypeError, match="layers must be a module or an iterable"):
+        sdnn.DropRateSchedule(3, stop=0.1, steps=3)
+    schedule = sdnn.DropRateSchedule([layer], stop=0.1, steps=3)
+    with pytest.raises(ValueError, match="misses the keys"):
+        schedule.load_state_dict({"last_step": 1})
+    with pytest.raises(ValueError, match="last_step must be >= 0"):
+        schedule.load_state_dict({"last_step": -1, "start": 0.0, "stop": 0.1, "steps": 3})
