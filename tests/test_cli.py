@@ -325,3 +325,28 @@ def test_torchrun_runs_the_command_line_on_two_processes(tmp_path: Path) -> None
     assert timings["fig2"]["processes"] == 2
     data = json.loads((tmp_path / "fig2.json").read_text())
     assert len(data["history"]["step_loss"]) == 2 * 2 and data["gap"] >= 0
+
+
+def test_logs_get_one_line_per_figure_and_no_progress_bars(tmp_path: Path) -> None:
+    """Run as `make reproduce` runs it (output to a pipe, not a terminal): no progress bar
+    redraws (carriage returns), one summary line per figure."""
+    commands = {
+        "synthetic": ["reproduce", "synthetic", "--quick", "--figure", "gap", "--figure", "head"],
+        "deep": ["reproduce", "deep", "--quick", "--trunk", "tiny"],
+    }
+    for name, arguments in commands.items():
+        completed = subprocess.run(
+            [sys.executable, "-m", "structdrop", *arguments, "--out", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        log = completed.stdout + completed.stderr
+        assert "\r" not in log, log
+        lines = [line for line in log.splitlines() if line.strip()]
+        if name == "synthetic":
+            assert [line.split(":")[0] for line in lines] == ["head", "gap", "report"], lines
+        else:
+            assert len(lines) == 2 and lines[0].startswith("fig2 (digits): gap"), lines

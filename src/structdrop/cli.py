@@ -122,7 +122,13 @@ def synthetic_command(
 
     try:
         synthetic.run(
-            names, out, quick=quick, seed=seed, force=force, progress=True, report=announce
+            names,
+            out,
+            quick=quick,
+            seed=seed,
+            force=force,
+            progress=sys.stderr.isatty(),  # bars on a terminal, never in a log
+            report=announce,
         )
     except (DivergenceError, *_user_errors()) as error:
         fail(str(error))
