@@ -54,10 +54,12 @@ __all__ = [
     "check_inplace",
     "check_integer",
     "check_law_on_units",
+    "check_law_on_weights",
     "check_linear_operands",
     "check_matrix",
     "check_nonnegative",
     "check_not_meta",
+    "check_positive",
     "check_positive_int",
     "check_probability",
     "check_representable",
@@ -104,6 +106,15 @@ def check_nonnegative(value: Any, name: str) -> float:
     value = float(value)
     if not 0.0 <= value < math.inf:  # False for NaN as well (and symbolic under torch.compile)
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite real number > 0 (a NaN, an infinity or a negative number gets
+    :func:`check_nonnegative`'s message)."""
+    value = check_nonnegative(value, name)
+    if value == 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
     return value
 
 
@@ -460,6 +471,17 @@ def check_weight_and_features(
         raise ValueError(f"features must not be empty, got shape {tuple(features.shape)}")
     check_same(weight.shape[1], features.shape[1], "weight's columns must match d")
     return weight, features
+
+
+def check_law_on_weights(scheme: Any) -> Any:
+    """``scheme`` if its masks fall on the entries of a weight matrix (``acts_on ==
+    "weights"``, DropConnect), else a ValueError naming it."""
+    if scheme.acts_on != "weights":
+        raise ValueError(
+            f"scheme must be a law whose masks fall on weights (acts_on == 'weights', e.g. "
+            f"DropConnect), got {scheme!r}, whose masks fall on {scheme.acts_on}"
+        )
+    return scheme
 
 
 def check_law_on_units(scheme: Any, layer: str) -> None:

@@ -33,6 +33,7 @@ import typer
 
 from ._files import remove_stale_temporaries_under
 from .experiments.deep.config import CHECKPOINT_EVERY, DeepConfig, default_text
+from .experiments.figures import FIGURES
 
 app = typer.Typer(
     help="Structured dropout: exact regularizers, global optima, and the paper's experiments.",
@@ -82,8 +83,7 @@ def synthetic_command(
         typer.Option(
             "--figure",
             "-f",
-            help="Figure to run (repeatable): fig1, fig3, fig4, fig5, fig6, head (dominant "
-            "head), gap (fixed-width gap). Default: all.",
+            help=f"Figure to run (repeatable): {', '.join(FIGURES)}. Default: all.",
         ),
     ] = None,
     quick: Annotated[

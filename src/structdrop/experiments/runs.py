@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_law_on_weights
 from ..linear import DivergenceError, fit_gd, fit_sgd, record_points, run_sweep
 from ..objectives import Gram, sampled_loss
 from ..optimum import global_minimum
@@ -158,18 +159,6 @@ def sgd_run(
 # ------------------------------------------------------------------------------------------------
 # DropConnect on V, in segments between record points
 # ------------------------------------------------------------------------------------------------
-def check_weight_law(scheme: Scheme) -> Scheme:
-    """``scheme`` if its masks fall on the entries of a weight matrix (``acts_on == "weights"``,
-    DropConnect), else a ValueError naming it."""
-    scheme = check_scheme(scheme)
-    if scheme.acts_on != "weights":
-        raise ValueError(
-            f"scheme must be a law whose masks fall on weights (acts_on == 'weights', e.g. "
-            f"DropConnect), got {scheme!r}, whose masks fall on {scheme.acts_on}"
-        )
-    return scheme
-
-
 def dropconnect_run(
     data: Data,
     scheme: Scheme,
@@ -193,7 +182,7 @@ def dropconnect_run(
     Raises:
         ValueError: ``scheme`` is not a law on weights (``acts_on != "weights"``).
     """
-    scheme = check_weight_law(scheme)
+    scheme = check_law_on_weights(check_scheme(scheme))
     points = record_points(iterations, snapshots)
     with single_thread():
         curves, U, V = _segments(data, scheme, lr, lr_decay, seed, points, checkpoint_dir, progress)

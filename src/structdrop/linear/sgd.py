@@ -305,9 +305,7 @@ def _check_settings(
     lr: Any, iterations: Any, lr_decay: Any, optimum: Any
 ) -> tuple[float, int, float, float | None]:
     """``(lr, iterations, decay, optimum)`` checked; ``decay`` is 0.0 for no decay."""
-    lr = check.check_nonnegative(lr, "lr")
-    if lr == 0.0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    lr = check.check_positive(lr, "lr")
     iterations = check.check_positive_int(iterations, "iterations")
     decay = 0.0 if lr_decay is None else check.check_nonnegative(lr_decay, "lr_decay")
     if lr_decay is not None and decay == 0.0:

@@ -158,8 +158,7 @@ class DeepConfig:
             check.check_integer(getattr(self, name), name)
             check.check_nonnegative(getattr(self, name), name)
         check.check_probability(self.warmup, "warmup")
-        if not check.check_nonnegative(self.lr, "lr"):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        check.check_positive(self.lr, "lr")
         make_scheme(self).check_width(self.width)
 
     @classmethod
