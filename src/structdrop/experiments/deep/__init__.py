@@ -32,8 +32,8 @@ The rooms, in the order of a run:
 * :mod:`.experiment`: the run, its figure, results and timings.
 
 Run it with ``structdrop reproduce deep`` (``python -m structdrop reproduce deep``) or, on
-several processes or GPUs, ``torchrun --nproc-per-node 2 -m structdrop reproduce deep``. Every
-epoch writes a checkpoint; a killed run resumes from it.
+several processes or GPUs, ``torchrun --nproc-per-node 2 -m structdrop reproduce deep``. A
+checkpoint is written at the end of an epoch once a minute; a killed run resumes from it.
 
 The names below load on first use (the rooms that need torch load it then), so that the
 command line reads :class:`DeepConfig` without loading torch.

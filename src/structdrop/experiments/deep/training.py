@@ -78,8 +78,8 @@ def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:
 
 
 class Recipe:
-    """One Fig. 2 training run: ``setup()``, then ``train_epoch(e)`` and ``save(e + 1)`` for
-    every epoch left, as :meth:`run` does.
+    """One Fig. 2 training run: ``setup()``, then ``train_epoch(e)`` for every epoch left, each
+    followed by ``save(e + 1)`` when :meth:`save_due` says so, as :meth:`run` does.
 
     Args:
         config: the run.
