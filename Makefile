@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test reproduce lint bench clean
+.PHONY: test test-numerics reproduce lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# the numerical tests under every OpenBLAS kernel of this CPU, 1 and 2 threads, and nudges
+test-numerics: $(STAMP)
+	PYTHON=$(BIN)/python scripts/numerics_matrix.sh
 
 reproduce: $(STAMP)
 	$(BIN)/structdrop reproduce synthetic --out results

@@ -541,3 +541,103 @@ def test_stale_temporaries_under_a_folder_are_found_recursively(tmp_path: Path) 
     removed = remove_stale_temporaries_under(tmp_path)
     assert sorted(removed) == sorted([stale, mine])
     assert live.exists() and not stale.exists() and not mine.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Metadata edited under valid arrays
+# ------------------------------------------------------------------------------------------------
+def _edit_metadata(path: Path, change) -> None:
+    """Rewrite the metadata member of the archive at ``path`` with ``change(meta)`` applied,
+    copying every array member byte for byte (the arrays and their CRCs stay valid)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    meta_name = f"{ckpt.META}.npy"
+    meta = json.loads(np.load(io.BytesIO(members[meta_name])).tobytes().decode())
+    change(meta)
+    members[meta_name] = _npy_bytes(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    path.write_bytes(stream.getvalue())
+
+
+def _set_step(meta: dict) -> None:
+    meta["state"]["step"] = 4
+
+
+def _set_identity(meta: dict) -> None:
+    meta["identity"] = "another run"
+
+
+def _rename_array(meta: dict) -> None:
+    meta["state"]["U"] = {"__array__": "a9"}
+
+
+@pytest.mark.parametrize(
+    ("change", "identity"),
+    [(_set_step, "run"), (_set_identity, "another run"), (_rename_array, "run")],
+    ids=["state", "identity", "array-reference"],
+)
+def test_a_checkpoint_whose_metadata_was_edited_is_refused(
+    tmp_path: Path, change, identity: str
+) -> None:
+    path = _valid(tmp_path)
+    _edit_metadata(path, lambda meta: None)  # the rewriting itself keeps a valid checkpoint
+    back = ckpt.load_checkpoint(path, kind="k", identity="run")
+    assert back["step"] == 3
+    np.testing.assert_array_equal(back["U"], np.linspace(0, 1, 200).reshape(20, 10))
+    _edit_metadata(path, change)
+    with pytest.raises(CheckpointError, match="its arrays do not match its metadata"):
+        ckpt.load_checkpoint(path, kind="k", identity=identity)
+
+
+def test_a_run_whose_checkpoint_claims_more_progress_than_its_arrays_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written at record point 2 whose metadata was edited to say record point 5
+    (with a history that fits position 5) is refused, never resumed from point 5."""
+    X, Y, U0, V0 = low_rank_problem()
+    path = tmp_path / "run.npz"
+    original = sgd_module.RunState.save
+    saves = {"n": 0}
+
+    def save(self, path, fingerprint):
+        original(self, path, fingerprint)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sgd_module.RunState, "save", save)
+        with pytest.raises(Killed):
+            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    meta, _, _ = ckpt.read_archive(path)
+    assert meta["state"]["position"] == 2
+
+    def claim_position_5(meta: dict) -> None:
+        state = meta["state"]
+        state["position"] = 5
+        for name in ("expected", "stochastic"):
+            state[name] = state[name] + [state[name][-1]] * 3
+
+    _edit_metadata(path, claim_position_5)
+    with pytest.raises(CheckpointError, match="its arrays do not match its metadata"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+
+
+def test_a_checkpoint_missing_an_entry_is_refused(tmp_path: Path) -> None:
+    X, Y, U0, V0 = low_rank_problem()
+    path = tmp_path / "run.npz"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
+        with pytest.raises(Killed):
+            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    meta, arrays, _ = ckpt.read_archive(path)
+    state = ckpt.decode_state(meta["state"], arrays)
+    del state["rng_state"]
+    ckpt.save_checkpoint(
+        path, kind=sgd_module.CHECKPOINT_KIND, identity=meta["identity"], state=state
+    )
+    with pytest.raises(CheckpointError, match=r"is inconsistent: 'rng_state'"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)

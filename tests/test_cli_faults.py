@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from structdrop import CheckpointError
 from structdrop import _checkpoint as ckpt
 from structdrop.cli import app
 from structdrop.experiments import _io, deep, report, synthetic
+from structdrop.linear import run_sweep, sgd
 from test_deep import tiny
 
 runner = CliRunner()
@@ -111,6 +113,33 @@ def test_a_checkpoint_of_another_kind_exits_2(tmp_path: Path) -> None:
     one_line_error(
         runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path)]), "something else", "--force"
     )
+
+
+def test_a_checkpoint_refused_in_a_worker_process_is_the_checkpoint_error(tmp_path: Path) -> None:
+    """fig5's runs go over two processes: a checkpoint that a worker refuses reaches the caller as
+    that CheckpointError (one line on the command line), not as a broken process pool."""
+    foreign = tmp_path / "checkpoints" / "fig5" / "gridblock-p0.1.npz"
+    ckpt.save_checkpoint(foreign, kind=sgd.CHECKPOINT_KIND, identity="another run", state={})
+    config = dataclasses.replace(synthetic.Config(), n_jobs=2)
+    with pytest.raises(CheckpointError, match="belongs to another run") as caught:
+        synthetic.run(["fig5"], tmp_path, quick=True, config=config)
+    assert caught.value.path == foreign
+
+
+class _Unrebuildable(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+def _raise_unrebuildable(index: int) -> int:
+    if index == 1:
+        raise _Unrebuildable(7, "no way back")
+    return index
+
+
+def test_an_exception_that_cannot_be_unpickled_is_named_not_a_broken_pool() -> None:
+    with pytest.raises(RuntimeError, match="_Unrebuildable: code 7: no way back"):
+        run_sweep(_raise_unrebuildable, [{"index": i} for i in range(2)], n_jobs=2)
 
 
 def test_a_foreign_figure_json_exits_2_unless_forced(tmp_path: Path) -> None:
@@ -286,7 +315,10 @@ def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -
     src = Path(sd.__file__).resolve().parents[1]
     command = [sys.executable, "-m", "structdrop", "reproduce", "synthetic", "--quick"]
     command += ["--figure", "fig5", "--out", str(tmp_path)]
-    environment = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
+    # the killed run gets this process's environment: the rerun below runs in this process, and
+    # a checkpoint's identity holds the learning rates and data to the last bit, which the BLAS
+    # kernel (OPENBLAS_CORETYPE, say) decides; with another one the rerun refuses every checkpoint
+    environment = {**os.environ, "PYTHONPATH": str(src)}
     process = subprocess.Popen(
         command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -101,3 +101,33 @@ def test_resnet_keeps_its_state_dict_and_function():
     assert convs and all(type(m) is PointAwareConv2d for m in convs)
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)  # 1x1 maps from layer3 on
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize(("height", "width"), [(4, 1), (1, 4), (2, 1), (1, 3), (1, 1)])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1), ((3, 1), 1, (1, 0), 1), ((1, 3), 1, (0, 1), 1)],
+)
+def test_maps_of_one_row_or_one_column_are_convolved_as_conv2d(
+    height, width, kernel, stride, padding, dilation
+):
+    """Only a 1x1 map is one matrix product: an H x 1 or 1 x W map gives the convolution's own
+    outputs and gradients."""
+    torch.manual_seed(4)
+    conv, point = _pair(nn.Conv2d(6, 5, kernel, stride, padding, dilation, bias=True))
+    x = torch.randn(3, 6, height, width, dtype=torch.float64)
+    for got, want in zip(_outputs_and_grads(point, x), _outputs_and_grads(conv, x), strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-14)
+
+
+def test_a_1x1_map_whose_every_tap_falls_on_the_padding_gives_the_bias():
+    """Kernel 2, dilation 2, padding 1: both taps of a 1x1 map read the zero padding, so the
+    output is the bias alone, as nn.Conv2d's."""
+    torch.manual_seed(5)
+    conv, point = _pair(nn.Conv2d(4, 3, 2, padding=1, dilation=2, bias=True))
+    x = torch.randn(2, 4, 1, 1, dtype=torch.float64)
+    torch.testing.assert_close(point(x), conv(x), rtol=RTOL, atol=1e-14)
+    torch.testing.assert_close(point(x), conv.bias.detach().expand(2, 3)[:, :, None, None])
+    for got, want in zip(_outputs_and_grads(point, x), _outputs_and_grads(conv, x), strict=True):
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-14)

@@ -328,3 +328,54 @@ def test_bad_data_raise():
         fit_sgd(X, Y, U0, V0, sd.GridBlock(0.2, 4), lr=1e-3, iterations=10)
     with pytest.raises(TypeError, match="scheme must be a structdrop Scheme"):
         fit_sgd(X, Y, U0, V0, 0.5, lr=1e-3, iterations=10)
+
+
+class _Stopped(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+RESUME_SETTINGS = dict(lr=1e-3, iterations=3_000, lr_decay=1e3, seed=2, record=8)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 2e-3},
+        {"lr_decay": 2e3},
+        {"lr_decay": None},
+        {"iterations": 4_000},
+        {"record": 9},
+        {"record": [10, 100, 1000]},
+    ],
+    ids=["lr", "lr_decay", "no-lr_decay", "iterations", "record-count", "record-points"],
+)
+@pytest.mark.parametrize("finished", [False, True], ids=["interrupted", "finished"])
+def test_a_checkpoint_of_other_settings_is_refused_not_resumed(tmp_path, change, finished):
+    """A checkpoint written with one learning rate, decay, length or set of record points
+    belongs to another run: fit_sgd with the new settings refuses it (CheckpointError), and
+    leaves the file as it was."""
+    X, Y, U0, V0 = low_rank_problem()
+    scheme = sd.GridBlock(0.5, 3)
+    path = tmp_path / "run.npz"
+    if finished:
+        fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **RESUME_SETTINGS)
+    else:
+        original = sgd_module.RunState.save
+
+        def save(self, path, fingerprint):
+            original(self, path, fingerprint)
+            raise _Stopped
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sgd_module.RunState, "save", save)
+            with pytest.raises(_Stopped):
+                fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **RESUME_SETTINGS)
+    written = path.read_bytes()
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **{**RESUME_SETTINGS, **change})
+    assert path.read_bytes() == written
+    # the same settings still resume from it, to the run that was never interrupted
+    resumed = fit_sgd(X, Y, U0, V0, scheme, checkpoint=path, **RESUME_SETTINGS)
+    reference = fit_sgd(X, Y, U0, V0, scheme, **RESUME_SETTINGS)
+    np.testing.assert_array_equal(resumed.expected, reference.expected)
+    np.testing.assert_array_equal(resumed.U, reference.U)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import structdrop as sd
+from structdrop import nn as sdnn
 from structdrop._validation import check_block_sizes
 from structdrop.nn import _dense, _sparse, _traced_rates, _window_rates, _windows
 from structdrop.nn import _dropblock as db
@@ -307,3 +308,125 @@ def test_p_one_gives_zeros_as_dropout(method):
     assert drop_block3d(y, 1.0, 3, inplace=True) is y
     assert torch.equal(y, torch.zeros_like(y))
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared masks and half precision on every sampler path (eager and compiled)
+
+SHARING = [
+    {"shared_channels": True},
+    {"batchwise": True},
+    {"shared_channels": True, "batchwise": True},
+]
+
+
+def _inverse_keep(p, block, spatial) -> torch.Tensor:
+    gamma = sdnn.functional.window_drop_prob(p, block, spatial)
+    return 1.0 / sdnn.functional.drop_block_keep_prob(spatial, block, "valid", gamma)
+
+
+def _assert_shared_as_asked(out: torch.Tensor, options: dict, inverse: torch.Tensor) -> None:
+    """Masks shared by the channels and/or the batch exactly as asked (and no further), and
+    every kept unit scaled by its exact ``1 / mu``."""
+    shared, batchwise = options.get("shared_channels", False), options.get("batchwise", False)
+    if shared:
+        assert torch.equal(out, out[:, :1].expand_as(out))
+    else:
+        assert not torch.equal(out[:, 0], out[:, 1])
+    if batchwise:
+        assert torch.equal(out, out[:1].expand_as(out))
+    else:
+        assert not torch.equal(out[0], out[1])
+    kept = out != 0
+    assert kept.any()
+    if not (shared and batchwise):  # (one mask in all: it may keep every unit)
+        assert not kept.all()
+    expected = torch.where(kept, inverse.to(out.dtype).expand_as(out), 0.0)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("options", SHARING, ids=lambda o: "-".join(o))
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize(
+    ("spatial", "block"), [((16,), 3), ((8, 7), 3), ((4, 5, 4), 2), ((3, 4, 3, 3), 2)]
+)
+def test_shared_masks_are_shared_on_every_sampler_path(options, method, spatial, block):
+    """shared_channels / batchwise give one mask per sample / per batch for 1 to 4 spatial
+    axes (4 axes: the dense sampler's shifted windows)."""
+    x = torch.ones(6, 5, *spatial, dtype=torch.float64)
+    out = sdnn.functional.drop_block(x, 0.4, block, method=method, generator=gen(11), **options)
+    _assert_shared_as_asked(out, options, _inverse_keep(0.4, block, spatial))
+
+
+@pytest.mark.parametrize("options", SHARING, ids=lambda o: "-".join(o))
+@pytest.mark.parametrize("layer", ["DropBlock2d", "DropBlock3d"])
+def test_compiled_layers_share_masks_as_asked(options, layer):
+    """Under torch.compile (the dense sampler's traced path) the layers share masks exactly as
+    in eager mode."""
+    spatial = (8, 7) if layer == "DropBlock2d" else (4, 5, 4)
+    module = getattr(sdnn, layer)(0.3, 2, **options)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(12)
+        out = compiled(torch.ones(6, 5, *spatial, dtype=torch.float64))
+    torch._dynamo.reset()
+    _assert_shared_as_asked(out, options, _inverse_keep(0.3, 2, spatial))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["sparse", "dense", "compiled"])
+def test_a_near_one_drop_rate_in_half_precision_gives_finite_capped_scales(dtype, method):
+    """At p = 0.9999 with 7x7 blocks on a 14x14 map, 1 / mu of the most covered units exceeds
+    the largest float16 (and bfloat16) value: the scales are capped there, never infinite, so
+    dropped units are 0 (not NaN) and kept units carry min(1 / mu, max) exactly."""
+    p, block, spatial = 0.9999, 7, (14, 14)
+    largest = torch.finfo(dtype).max
+    inverse = _inverse_keep(p, block, spatial)
+    assert bool((inverse > largest).any())  # the cap is needed
+    x = torch.ones(64, 16, *spatial, dtype=dtype)
+    if method == "compiled":
+        compiled = torch.compile(sdnn.DropBlock2d(p, block), backend="aot_eager", fullgraph=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(13)
+            out = compiled(x)
+        torch._dynamo.reset()
+    else:
+        out = sdnn.DropBlock2d(p, block, method=method, generator=gen(13))(x)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    kept = out != 0
+    assert 0 < int(kept.sum()) < 200  # about 1e-4 of 200,704 units
+    expected = inverse.clamp_max(largest).to(dtype).expand_as(out)
+    torch.testing.assert_close(out[kept], expected[kept])
+    # the same law on one unit with every window dropped: zero, not NaN, through the cap
+    everything = sdnn.functional.drop_block2d(
+        torch.ones(2, 3, *spatial, dtype=dtype),
+        0.5,
+        block,
+        gamma=1.0 - 1e-12,
+        method="dense" if method == "compiled" else method,
+        generator=gen(14),
+    )
+    assert torch.equal(everything, torch.zeros_like(everything))
+
+
+@pytest.mark.parametrize("method", ["sparse", "dense", "compiled"])
+def test_kept_units_whose_scale_overflows_float16_carry_its_largest_value(method):
+    """Windows of one unit dropped with gamma = 1 - 1.25e-5: a kept unit's 1 / mu = 80,000 is
+    past float16's largest value (65,504), which it carries instead of inf (about 10 of the
+    800,000 units are kept)."""
+    x = torch.ones(400_000, 1, 2, dtype=torch.float16)
+    options = {"gamma": 1.0 - 1.25e-5}
+    if method == "compiled":
+        layer = sdnn.DropBlock1d(0.5, 1, **options)
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(15)
+            out = compiled(x)
+        torch._dynamo.reset()
+    else:
+        out = sdnn.DropBlock1d(0.5, 1, method=method, generator=gen(15), **options)(x)
+    kept = out != 0
+    assert 0 < int(kept.sum()) < 40
+    assert bool((out[kept] == torch.finfo(torch.float16).max).all())
+    assert torch.isfinite(out).all()

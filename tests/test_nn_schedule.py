@@ -76,3 +76,46 @@ def test_schedule_rejects_bad_arguments():
         schedule.load_state_dict({"last_step": 1})
     with pytest.raises(ValueError, match="last_step must be >= 0"):
         schedule.load_state_dict({"last_step": -1, "start": 0.0, "stop": 0.1, "steps": 3})
+
+
+def _stepped(schedule: sdnn.DropRateSchedule, steps: int) -> sdnn.DropRateSchedule:
+    for _ in range(steps):
+        schedule.step()
+    return schedule
+
+
+def test_state_dict_round_trip_restores_start_stop_steps_and_position():
+    layers = [sdnn.BlockDropout(0.0, 2), sdnn.DropBlock2d(0.0, 3), nn.Dropout(0.0)]
+    schedule = _stepped(sdnn.DropRateSchedule(layers, stop=0.35, steps=8, start=0.03), 3)
+    state = schedule.state_dict()
+    assert state == {"last_step": 3, "start": 0.03, "stop": 0.35, "steps": 8}
+    fresh = [sdnn.BlockDropout(0.0, 2), sdnn.DropBlock2d(0.0, 3), nn.Dropout(0.0)]
+    resumed = sdnn.DropRateSchedule(fresh, stop=0.1, steps=20, start=0.07)
+    resumed.load_state_dict(state)
+    expected = 0.03 + (0.35 - 0.03) * 3 / 8
+    assert [layer.p for layer in fresh] == pytest.approx([expected] * 3, rel=1e-12)
+    assert resumed.p == pytest.approx(expected, rel=1e-12)
+    assert resumed.state_dict() == state
+    for _ in range(7):  # on to the end of the warm-up and past it, in step with the original
+        assert resumed.step() == pytest.approx(schedule.step(), rel=1e-12)
+        assert [layer.p for layer in fresh] == pytest.approx([v.p for v in layers], rel=1e-12)
+    assert [layer.p for layer in fresh] == pytest.approx([0.35] * 3, rel=1e-12)
+
+
+def test_state_dict_round_trip_restores_each_layers_own_rate_in_order():
+    """With stop=None every layer warms up to its own rate: they come back layer by layer."""
+    rates = [0.1, 0.25, 0.05, 0.4]
+    layers = [sdnn.BlockDropout(rate, 2) for rate in rates]
+    schedule = _stepped(sdnn.DropRateSchedule(layers, stop=None, steps=5, start=0.02), 2)
+    state = schedule.state_dict()
+    assert state["stops"] == rates and state["start"] == 0.02 and state["last_step"] == 2
+    fresh = [sdnn.BlockDropout(rate, 2) for rate in (0.3, 0.3, 0.3, 0.3)]
+    resumed = sdnn.DropRateSchedule(fresh, stop=None, steps=9, start=0.0)
+    resumed.load_state_dict(state)
+    expected = [0.02 + (rate - 0.02) * 2 / 5 for rate in rates]
+    assert [layer.p for layer in fresh] == pytest.approx(expected, rel=1e-12)
+    assert [layer.p for layer in fresh] == pytest.approx([v.p for v in layers], rel=1e-12)
+    assert resumed.p == pytest.approx(0.02 + (0.4 - 0.02) * 2 / 5, rel=1e-12)
+    assert resumed.state_dict() == state
+    _stepped(resumed, 3)
+    assert [layer.p for layer in fresh] == pytest.approx(rates, rel=1e-12)

@@ -191,3 +191,42 @@ def test_summaries_read_the_law_back() -> None:
         ]
     }
     assert claims.head_summary(head)[0].startswith("- r = 2: beta 1, rho* 2")
+
+
+# ------------------------------------------------------------------------------------------------
+# A finished figure stands in only for the same settings
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": 1},
+        {"p": 0.3},
+        {"block_size": 2},
+        {"gap_p": 0.2},
+        {"gap_widths": (60,)},
+        {"lr_decay": 1e4},
+        {"iterations": 19_000},
+        {"quick": False},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_a_figure_of_other_settings_is_not_done(made: Path, change: dict[str, Any]) -> None:
+    assert driver.is_done(made, "gap", SMALL)
+    assert driver.is_done(made, "gap", dataclasses.replace(SMALL, n_jobs=3))
+    assert not driver.is_done(made, "gap", dataclasses.replace(SMALL, **change))
+
+
+def test_a_figure_of_another_seed_is_recomputed_not_skipped(made: Path, tmp_path: Path) -> None:
+    """A folder holding seed 0's figure: a run with seed 1 computes its own (other data, other
+    numbers), and a run with seed 0 afterwards recomputes seed 0's, to the same bytes."""
+    shutil.copytree(made, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "gap.json"
+    assert synthetic.run(["gap"], tmp_path, seed=1, config=SMALL) == {"gap": "done"}
+    seeded = json.loads(path.read_text())
+    assert seeded["config"]["seed"] == 1
+    first = json.loads((made / "gap.json").read_text())
+    assert first["config"]["seed"] == 0
+    assert seeded["runs"] != first["runs"]
+    assert synthetic.run(["gap"], tmp_path, seed=1, config=SMALL) == {"gap": "skipped"}
+    assert synthetic.run(["gap"], tmp_path, seed=0, config=SMALL) == {"gap": "done"}
+    assert path.read_bytes() == (made / "gap.json").read_bytes()

@@ -49,8 +49,15 @@ class CheckpointError(ValueError):
     def __init__(self, path: str | os.PathLike[str], problem: str, remedy: str | None = None):
         self.path = Path(path)
         self.problem = problem
-        remedy = remedy or "delete it to start afresh (on the command line: --force)"
-        super().__init__(f"checkpoint {self.path}: {problem}; {remedy}")
+        self.remedy = remedy or "delete it to start afresh (on the command line: --force)"
+        super().__init__(f"checkpoint {self.path}: {problem}; {self.remedy}")
+
+    def __reduce__(self) -> tuple[type[CheckpointError], tuple[Path, str, str]]:
+        # Pickling rebuilds an exception from ``self.args`` (here the one formatted message),
+        # which this constructor cannot take: a CheckpointError raised in a worker process of a
+        # sweep would fail to unpickle in the parent, and the pool would report it as a worker
+        # that "terminated abruptly" instead of this one-line error.
+        return (type(self), (self.path, self.problem, self.remedy))
 
 
 # ------------------------------------------------------------------------------------------------

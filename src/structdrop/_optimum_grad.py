@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .ksupport import ProxParts
+from .ksupport import TIE_RTOL, ProxParts
 
 if TYPE_CHECKING:
     from .optimum import ScaledSolution
@@ -39,12 +39,17 @@ class SpectralProx(torch.autograd.Function):
     With ``K = W^T G Z`` for an output gradient ``G``, the input gradient is::
 
         W [Gs o sym(K) + Ga o skew(K) + Diag(J diag K)] Z^T
-        + (I - W W^T) G Z diag(x/m) Z^T + W diag(x/m) W^T G (I - Z Z^T)
-        + c0 (I - W W^T) G (I - Z Z^T) + W diag(g_m) Z^T,
+        + (I - W W^T) G Z diag(x/m) Z^T + W diag(x/m) W^T G (I - Z Z^T) + W diag(g_m) Z^T,
 
     where ``Gs_ij = (x_i - x_j)/(m_i - m_j)`` and ``Ga_ij = (x_i + x_j)/(m_i + m_j)`` off the
-    diagonal, ``J = dx/dm`` on the current piece of the prox and ``c0`` the prox's slope at 0.
-    Ties take their limits (the slope of the common piece), so repeated singular values are fine.
+    diagonal and ``J = dx/dm`` on the decided piece of the prox (:class:`ProxParts`). Entries
+    on one piece take the piece's slope (the limit of ``Gs`` at a tie, and of ``Ga`` and
+    ``x/m`` at zero), so ties and zeros are fine.
+
+    The general formula has one more term, ``c (I - W W^T) G (I - Z Z^T)``, for singular values
+    born outside both spans. It is left out: for Y with a rows and X of rank q, W has
+    ``min(a, q)`` columns, so either ``W W^T = I`` or Z spans the row space of X, and through
+    ``B = Y P`` that term reaches neither the gradient of Y nor that of X.
     """
 
     @staticmethod
@@ -55,10 +60,9 @@ class SpectralProx(torch.autograd.Function):
         right: torch.Tensor,
         m: torch.Tensor,
         x: torch.Tensor,
-        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(left, right, *tables[:4])
-        ctx.c0 = tables[4]
+        ctx.save_for_backward(left, right, *tables)
         return (left * x) @ right.T, m.clone()
 
     @staticmethod
@@ -74,28 +78,31 @@ class SpectralProx(torch.autograd.Function):
         result = left @ inner @ right.T
         result = result + ((grad_right - left @ k) * ratio) @ right.T
         result = result + (left * ratio) @ (left_grad - k @ right.T)
-        if ctx.c0:
-            complement = grad - left @ left_grad - grad_right @ right.T + left @ k @ right.T
-            result = result + ctx.c0 * complement
         return result, None, None, None, None, None
 
 
 def spectral_tables(
     m: np.ndarray, parts: ProxParts
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """The coefficients of :class:`SpectralProx`'s backward, ties at their limits."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The coefficients ``(Gs, Ga, x/m, J)`` of :class:`SpectralProx`'s backward.
+
+    Pairs on one piece of the prox take the piece's slope; pairs on two pieces are at least
+    ``TIE_RTOL * max m`` apart (tied values share their piece, see :class:`ProxParts`), so their
+    divided differences lose at most ``eps / TIE_RTOL`` (relative) to rounding. ``Ga`` and
+    ``x/m`` take the slope where both values, or the one value, are zeros by the same
+    tolerance.
+    """
     x, slope = parts.x, parts.slope
     regime = np.where(parts.head, 0, np.where(parts.middle, 1, 2))
+    zero = m <= TIE_RTOL * (m[0] if m.size else 0.0)
+    both_zero = zero[:, None] & zero[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        gap = m[:, None] - m[None, :]
-        divided = (x[:, None] - x[None, :]) / gap
-        crossing = np.where(gap != 0, divided, (slope[:, None] + slope[None, :]) / 2)
-        symmetric = np.where(regime[:, None] == regime[None, :], slope[:, None], crossing)
-        total = m[:, None] + m[None, :]
-        antisymmetric = np.where(total > 0, (x[:, None] + x[None, :]) / total, slope[:, None])
-        ratio = np.where(m > 0, x / np.where(m > 0, m, 1.0), slope)
-    c0 = 1.0 / (1.0 + parts.beta) if parts.head.all() else 0.0
-    return symmetric, antisymmetric, ratio, parts.jacobian(), c0
+        divided = (x[:, None] - x[None, :]) / (m[:, None] - m[None, :])
+        symmetric = np.where(regime[:, None] == regime[None, :], slope[:, None], divided)
+        summed = (x[:, None] + x[None, :]) / (m[:, None] + m[None, :])
+        antisymmetric = np.where(both_zero, slope[:, None], summed)
+        ratio = np.where(zero, slope, x / np.where(zero, 1.0, m))
+    return symmetric, antisymmetric, ratio, parts.jacobian()
 
 
 def with_autograd(
@@ -122,7 +129,7 @@ def with_autograd(
     inputs = times_pow2(X.to(**options), -ex)
     targets = times_pow2(Y.to(**options), -ey)
     tables = spectral_tables(solution.m, solution.parts)
-    constants = [torch.as_tensor(t, **options) for t in tables[:4]]
+    constants = tuple(torch.as_tensor(t, **options) for t in tables)
     left, right, m, x = (
         torch.as_tensor(a, **options)
         for a in (solution.left, solution.right(), solution.m, solution.parts.x)
@@ -130,7 +137,7 @@ def with_autograd(
     # the rank of the NumPy solution: singular values at most the tolerance are zero
     pinv = torch.linalg.pinv(inputs, atol=solution.tolerance)  # (N, b)
     target = (targets @ pinv) @ inputs  # Y P
-    prediction, m_t = SpectralProx.apply(target, left, right, m, x, (*constants, tables[4]))
+    prediction, m_t = SpectralProx.apply(target, left, right, m, x, constants)
     parts = solution.parts
     head, middle = (torch.as_tensor(a, device=device) for a in (parts.head, parts.middle))
     tau = parts.coupling * (m_t * middle).sum()

@@ -1,8 +1,8 @@
 """The k-support norm, its spectral version, and the proximal maps of their squares.
 
 DropBlock with blocks of r units regularizes the prediction ``A`` by ``beta ||A||_(r)^2``, the
-squared spectral r-support norm (Thm 2.3, eq. 11, corrected in NOTES.md). With ``a`` the sorted
-absolute values (or singular values), ``a_0 = +inf`` and ``S_rho = sum_{i >= rho} a_i``::
+squared spectral r-support norm (Thm 2.3, eq. 11, corrected in docs/theory.md). With ``a`` the
+sorted absolute values (or singular values), ``a_0 = +inf`` and ``S_rho = sum_{i >= rho} a_i``::
 
     ||a||_(k)^2 = sum_{i < rho} a_i^2 + S_rho^2 / (k - rho + 1),
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._arrays import Array
 
 __all__ = [
+    "TIE_RTOL",
     "ProxParts",
     "ksupport_norm",
     "ksupport_split",
@@ -49,16 +50,30 @@ __all__ = [
 ]
 
 
+#: Relative tolerance of the decisions taken on sorted values such as singular values: two
+#: values within ``TIE_RTOL * max`` of each other are tied, values at most ``TIE_RTOL * max``
+#: are zero. LAPACK returns singular values to about ``n eps max`` (1e-13 for n in the
+#: hundreds); 1e-10 leaves a margin of three orders, so that the rounding of another BLAS kernel
+#: or a nudge of the inputs by a few ulps cannot change a decision, while a decision moves only
+#: for data within 1e-10 (relative) of a tie, a zero or a kink. See docs/theory.md,
+#: "Decisions on computed numbers".
+TIE_RTOL = 1e-10
+
+
 def ksupport_split(a: np.ndarray, k: int) -> int:
     """The index ``rho`` in ``{1..min(k, n)}`` of the k-support norm of sorted ``a >= 0``.
 
     ``a`` must be sorted in decreasing order. Returns the smallest ``rho`` with
-    ``S_rho / (k - rho + 1) >= a_rho`` (see the module docstring).
+    ``S_rho / (k - rho + 1) >= a_rho - TIE_RTOL * a_1`` (see the module docstring): ties of
+    ``a`` within the tolerance give the same ``rho`` on every machine. The norm is the same to
+    second order in the tolerance for either neighbouring ``rho`` (the two formulas agree, with
+    their first derivatives, where ``S_rho / (k - rho + 1) = a_rho``).
     """
     k = min(k, a.size)  # for k >= n the k-support norm is the l2 norm, i.e. k = n
     tails = np.cumsum(a[::-1])[::-1]  # tails[i] = S_{i+1}
     rho = np.arange(1, k + 1)
-    ok = tails[:k] / (k - rho + 1) >= a[:k]  # ok[-1] holds: S_k >= a_k
+    slack = TIE_RTOL * a[0] if a.size else 0.0
+    ok = tails[:k] / (k - rho + 1) >= a[:k] - slack  # ok[-1] holds: S_k >= a_k
     return int(rho[np.argmax(ok)])
 
 
@@ -130,7 +145,10 @@ class ProxParts(NamedTuple):
     ``x_i = m_i / (1 + beta)`` on ``head``, ``x_i = m_i - tau`` on ``middle`` (where ``tau``
     depends on ``m`` through ``tau = beta sum_middle m / (k - #head + beta #middle)``, so
     ``dtau/dm_i = coupling`` there) and ``x_i = 0`` elsewhere. The masks are those of the piece
-    of the piecewise linear prox map that contains ``m``: its Jacobian is
+    of the piecewise linear prox map that contains ``m``, decided with the tolerance
+    ``TIE_RTOL``: tied entries share a piece, entries at most ``TIE_RTOL * max m`` are zeros
+    (on the head when ``k`` leaves a block for them, else on the zero piece), and at a kink the
+    piece on the side of the larger ``tau`` is taken. Its Jacobian is
     ``diag(slope) - coupling 1_middle 1_middle^T`` (see :meth:`jacobian`).
     """
 
@@ -152,31 +170,20 @@ class ProxParts(NamedTuple):
         return np.diag(self.slope) - self.coupling * np.outer(middle, middle)
 
 
-def prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
-    """``argmin_x ||m - x||^2 + beta ||x||_(k)^2`` for ``m`` sorted decreasing, ``m >= 0``,
-    and its piece (see :class:`ProxParts`).
+def _breakpoints(positive: np.ndarray, beta: float) -> np.ndarray:
+    """The sorted breakpoints ``{m_i, beta m_i / (1 + beta)}`` of ``g`` (see :func:`prox_parts`)."""
+    return np.unique(np.concatenate([positive, beta * positive / (1.0 + beta)]))
 
-    ``x_i = min(m_i / (1 + beta), (m_i - tau)_+)`` with ``tau > 0`` the root of the
-    nonincreasing ``g(tau) = sum_i clip(beta (m_i - tau) / tau, 0, 1) = k`` (NOTES.md,
-    Thm 2.7 corrected). g is piecewise of the form ``c0 + c1 / tau`` between the breakpoints
-    ``{m_i, beta m_i / (1 + beta)}``: bisect over the sorted breakpoints (O(n log n)), then
-    solve on the bracketing piece in closed form. Works on ``m / 2**e`` (largest entry in
-    [0.5, 1), exact) and scales back, so any finite ``m`` is safe.
-    """
-    none = np.zeros(m.shape, dtype=bool)
-    if beta == 0.0:
-        return ProxParts(m.copy(), ~none, none, 0.0, 0.0, beta)
-    positive_mask = m > 0
-    if k >= int(positive_mask.sum()):
-        return ProxParts(m / (1.0 + beta), ~none, none, 0.0, 0.0, beta)
-    exponent = binary_exponent(m[:1])
-    m_scaled = np.ldexp(m, -exponent)
-    positive = m_scaled[positive_mask]
+
+def _root_piece(m: np.ndarray, beta: float, k: int) -> tuple[float, float]:
+    """The piece ``(left, right)`` between two breakpoints on which ``g(tau) = k`` has its root,
+    for sorted ``m`` of unit scale with more than ``k`` positive entries."""
+    positive = m[m > 0]
 
     def g(tau: float) -> float:
         return float(np.clip(beta * (positive - tau) / tau, 0.0, 1.0).sum())
 
-    breakpoints = np.unique(np.concatenate([positive, beta * positive / (1.0 + beta)]))
+    breakpoints = _breakpoints(positive, beta)
     # g(breakpoints[0]) = #positive > k and g(breakpoints[-1]) = g(max m) = 0 < k: bisect for
     # the last breakpoint with g >= k; the root lies on the piece that starts there.
     lo, hi = 0, breakpoints.size - 1
@@ -186,17 +193,96 @@ def prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
             lo = mid
         else:
             hi = mid
-    left, right = breakpoints[lo], breakpoints[hi]
-    # On (left, right) every term is 1, 0 or beta (m_i - tau)/tau: classify at the midpoint.
-    probe = left + (right - left) / 2
-    head = positive_mask & (m_scaled * beta / (1.0 + beta) >= probe)
-    middle = positive_mask & ~head & (m_scaled > probe)
+    return float(breakpoints[lo]), float(breakpoints[hi])
+
+
+def _on_piece(
+    m: np.ndarray, beta: float, k: int, probe: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``(head, middle, tau, coupling)`` on the piece of ``g`` that contains ``probe``."""
+    # On the piece every term of g is 1, 0 or beta (m_i - tau)/tau: classify at the probe.
+    head = (m > 0) & (m * beta / (1.0 + beta) >= probe)
+    middle = (m > 0) & ~head & (m > probe)
     denominator = k - head.sum() + beta * middle.sum()
     if middle.any() and denominator > 0:
-        tau = beta * m_scaled[middle].sum() / denominator
-        coupling = beta / denominator
-    else:  # g is flat at k on this piece: any tau in it gives the same x
-        tau, coupling = probe, 0.0
+        return head, middle, float(beta * m[middle].sum() / denominator), beta / denominator
+    return head, middle, probe, 0.0  # g is flat at k here: any tau in it gives the same x
+
+
+def _tied(m: np.ndarray) -> np.ndarray:
+    """``m`` (sorted decreasing, unit scale) with its ties made exact: each run of entries whose
+    neighbours are within ``TIE_RTOL * m_1`` of each other takes the run's first (largest)
+    value. (Entries near zero need no such care: a positive entry below ``tau`` is on the zero
+    piece already, and :func:`~structdrop._optimum_grad.spectral_tables` treats entries at most
+    ``TIE_RTOL * m_1`` as zeros.)"""
+    if not m.size:
+        return m.copy()
+    starts = np.concatenate([[True], np.diff(m) < -TIE_RTOL * m[0]])
+    return m[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
+
+
+def _decided_piece(m: np.ndarray, beta: float, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(head, middle, coupling)``: the piece of the prox map whose derivative is returned at
+    ``m`` (sorted decreasing, unit scale), decided with the tolerance ``TIE_RTOL``.
+
+    The decision is taken on :func:`_tied` values, so tied entries share their piece. Zeros
+    are on the ridge piece (slope ``1/(1+beta)``) when a block is left for them
+    (``k > #positive``), else on the zero piece. When ``tau`` lies within ``TIE_RTOL * m_1`` of
+    a breakpoint, the two pieces that meet there are candidates: a piece
+    on which g is flat at k wins (the map is differentiable there: x does not depend on tau),
+    else the piece on the side of the larger ``tau`` (a kink: the unit at it counts as the
+    smaller piece, zero rather than middle, middle rather than head).
+    """
+    none = np.zeros(m.shape, dtype=bool)
+    tied = _tied(m)
+    positive = tied > 0
+    count = int(positive.sum())
+    if k > count:
+        return ~none, none, 0.0
+    if k == count:
+        return positive, none, 0.0
+    tolerance = TIE_RTOL * tied[0]
+    tau = _on_piece(tied, beta, k, sum(_root_piece(tied, beta, k)) / 2)[2]
+    breakpoints = _breakpoints(tied[positive], beta)
+    start = int(np.searchsorted(breakpoints, tau + tolerance, side="right")) - 1
+    start = min(max(start, 0), breakpoints.size - 2)
+    pieces = [start]
+    if start > 0 and breakpoints[start] >= tau - tolerance:  # tau at a breakpoint
+        pieces.insert(0, start - 1)
+    for piece in pieces:
+        probe = (breakpoints[piece] + breakpoints[piece + 1]) / 2
+        head, middle, _, coupling = _on_piece(tied, beta, k, probe)
+        if not middle.any() and head.sum() == k:  # g is flat at k on this piece
+            break
+    return head, middle, coupling
+
+
+def prox_parts(m: np.ndarray, beta: float, k: int) -> ProxParts:
+    """``argmin_x ||m - x||^2 + beta ||x||_(k)^2`` for ``m`` sorted decreasing, ``m >= 0``,
+    and its piece (see :class:`ProxParts`).
+
+    ``x_i = min(m_i / (1 + beta), (m_i - tau)_+)`` with ``tau > 0`` the root of the
+    nonincreasing ``g(tau) = sum_i clip(beta (m_i - tau) / tau, 0, 1) = k`` (Thm 2.7, corrected
+    in docs/theory.md). g is piecewise of the form ``c0 + c1 / tau`` between the breakpoints
+    ``{m_i, beta m_i / (1 + beta)}``: bisect over the sorted breakpoints (O(n log n)), then
+    solve on the bracketing piece in closed form. Works on ``m / 2**e`` (largest entry in
+    [0.5, 1), exact) and scales back, so any finite ``m`` is safe.
+
+    The values ``x`` are computed from ``m`` as given (the prox is 1-Lipschitz, so rounding in
+    ``m`` moves ``x`` by rounding only). The piece (``head``, ``middle``, ``coupling``: what the
+    derivative is taken from) is decided with the tolerance ``TIE_RTOL``, so that ties, zeros
+    and kinks are decided the same way whatever the last bits of ``m`` (see
+    :func:`_decided_piece`).
+    """
+    none = np.zeros(m.shape, dtype=bool)
+    if beta == 0.0:
+        return ProxParts(m.copy(), ~none, none, 0.0, 0.0, beta)
+    exponent = binary_exponent(m[:1])
+    m_scaled = np.ldexp(m, -exponent)
+    head, middle, coupling = _decided_piece(m_scaled, beta, k)
+    if k >= int(np.count_nonzero(m > 0)):
+        return ProxParts(m / (1.0 + beta), head, middle, 0.0, coupling, beta)
+    tau = _on_piece(m_scaled, beta, k, sum(_root_piece(m_scaled, beta, k)) / 2)[2]
     x = np.minimum(m_scaled / (1.0 + beta), np.maximum(m_scaled - tau, 0.0))
     return ProxParts(
         np.ldexp(x, exponent), head, middle, float(np.ldexp(tau, exponent)), coupling, beta

@@ -28,7 +28,7 @@ from . import _validation as check
 from ._arrays import Kind, binary_exponent, common_kind, convert, scale_back, to_numpy
 from ._rowspace import RowSpace, row_space
 from ._threads import small_work
-from .ksupport import ProxParts, ksupport_split, ksupport_sq_sorted, prox_parts
+from .ksupport import TIE_RTOL, ProxParts, ksupport_split, ksupport_sq_sorted, prox_parts
 from .objectives import Gram
 from .schemes import IndependentBlocks, Scheme, check_scheme
 
@@ -122,9 +122,13 @@ class GlobalMinimum:
       pseudoinverse at constant rank, as ``torch.linalg.pinv``'s); a perturbation that changes
       the rank is a jump, not a derivative.
     * The piece of the prox (which ``x_i`` are ``m_i/(1+beta)``, which ``m_i - tau``, which 0)
-      is held fixed; at a breakpoint (some ``m_i`` with ``m_i = tau`` or
-      ``beta m_i = (1+beta) tau``) the map has a kink and the gradient is one of its one-sided
-      derivatives.
+      is held fixed, decided with the relative tolerance ``structdrop.ksupport.TIE_RTOL``
+      (1e-10), so that the last bits of LAPACK's output decide nothing: tied singular values
+      share a piece, values at most ``TIE_RTOL * max m`` are zeros. At a breakpoint (some
+      ``m_i`` with ``m_i = tau`` or ``beta m_i = (1+beta) tau``, to that tolerance) the map has
+      a kink and the gradient is the one-sided derivative of the piece of larger ``tau`` (the
+      unit counts as zero rather than middle, middle rather than head), unless g is flat there,
+      where the map is differentiable (docs/theory.md, "Decisions on computed numbers").
     * Repeated singular values of ``Y P`` are fine for ``prediction``, ``weights``, ``value`` and
       ``residual`` and for symmetric functions of ``singular_values`` and
       ``target_singular_values`` (a sum, a norm): their derivatives are computed from the
@@ -202,7 +206,7 @@ def solve_unit_scale(
     weights = both_weights[a:]
     residual = float(np.sum((y - expanded[:a]) ** 2))  # ||Y (I - P)||^2, no cancellation
     prediction = expanded[a:]
-    rank = int(np.count_nonzero(x_star > x_star[0] * x_star.size * np.finfo(float).eps))
+    rank = int(np.count_nonzero(x_star > TIE_RTOL * m[0]))  # zeros as the prox decides them
     value = residual + float(np.sum((m - x_star) ** 2))
     value += beta * ksupport_sq_sorted(x_star, block_size)
     return ScaledSolution(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import time
@@ -41,6 +42,22 @@ def _exit_with_parent() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(128 + signum))
 
 
+def _call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    """One job in a worker. Its exception goes back to the parent pickled and is rebuilt there
+    from its ``args``; one whose constructor takes other arguments cannot be rebuilt, and the
+    pool would then report a worker that "terminated abruptly" instead of the error. Such an
+    exception is replaced by a RuntimeError that names it (its traceback goes along)."""
+    try:
+        return function(**kwargs)
+    except Exception as error:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:
+            name = f"{type(error).__module__}.{type(error).__qualname__}"
+            raise RuntimeError(f"{name}: {error}") from error
+        raise
+
+
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:
     """Stop the pool's workers now (an interrupted sweep must not wait for its jobs)."""
     terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
@@ -75,7 +92,7 @@ def run_sweep(
         return [function(**kwargs) for kwargs in jobs]
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent)
     try:
-        futures = [pool.submit(function, **kwargs) for kwargs in jobs]
+        futures = [pool.submit(_call, function, dict(kwargs)) for kwargs in jobs]
         return [future.result() for future in futures]
     except BaseException:
         _terminate_workers(pool)
