@@ -13,7 +13,7 @@
    ``F.dropout`` at (128, 256, 28, 28).
 3. ``block_dropout`` (the paper's grid DropBlock) against ``F.dropout`` on (256, 4096).
 4. The drop rate each library actually applies at 14x14 and 7x7, block 7, p = 0.1: the mean over
-   the map, the corner unit and the centre unit, estimated from many masks (NOTES.md, "What
+   the map, the corner unit and the centre unit, estimated from many masks (docs/theory.md, "What
    existing layers get wrong"), beside our exact values.
 
 CPU timings take the median of rounds of calls (``_timing.best_time``); CUDA timings time a

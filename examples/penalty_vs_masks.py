@@ -9,7 +9,7 @@ with grid DropBlock on its hidden units in two ways:
     objective of (a) (Thm 3.1, eq. 14-15; Lemma 2.1, eq. 4-5) -- deterministic gradients.
 
 Both are compared with the closed-form global minimum ``F*`` of the expected objective
-(``structdrop.global_minimum``, Thm 2.7 corrected in NOTES.md), evaluated exactly with
+(``structdrop.global_minimum``, Thm 2.7 corrected in docs/theory.md), evaluated exactly with
 ``structdrop.expected_loss``. At the optimum of (b) the script also measures the gradient noise
 of (a): the expected mask gradient equals the penalty gradient (zero there), but a single mask
 draw's gradient has a large variance, whereas the penalty's gradient has none.

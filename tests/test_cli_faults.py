@@ -352,3 +352,17 @@ def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_deep_run_at_p_0_writes_its_result_and_report(tmp_path: Path) -> None:
+    """p = 0 is valid: the theoretical minimum is 0, so there is no relative gap, only the
+    excess of the objective over it."""
+    out = tmp_path / "p0"
+    command = ["reproduce", "deep", "--quick", "--trunk", "tiny", "--p", "0", "--out", str(out)]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "fig2.json").read_text())
+    assert data["theory"]["value"] == 0.0
+    assert data["gap"] is None
+    assert data["excess"] == pytest.approx(data["final"]["objective"])
+    assert "(the minimum is 0)" in (out / "REPORT.md").read_text()

@@ -51,7 +51,7 @@ def _kill_after(monkeypatch: pytest.MonkeyPatch, saves: int) -> None:
 # ------------------------------------------------------------------------------------------------
 def test_paper_dropconnect_formula_is_dropouts_objective_not_dropconnects() -> None:
     """Thm 4.1 as printed equals Dropout's expected loss (Cor. 3.2), which is the DropConnect
-    expectation only for diagonal X X^T (NOTES.md). On weights aligned with the data (V: the
+    expectation only for diagonal X X^T (docs/theory.md). On weights aligned with the data (V: the
     top eigenvectors of X X^T, as training makes them) its penalty is off on Gaussian inputs,
     and far more on correlated ones."""
     settings = synthetic.Config()
@@ -92,7 +92,7 @@ def test_data_follow_section_51() -> None:
 
 
 def test_sliding_variants_of_section_53() -> None:
-    """The paper's theta' equals the exact gamma at p = 0.5 only (NOTES.md)."""
+    """The paper's theta' equals the exact gamma at p = 0.5 only (docs/theory.md)."""
     half = sliding.sliding_variants(0.5, 5)
     assert half["paper"].gamma == pytest.approx(half["exact"].gamma)
     other = sliding.sliding_variants(0.3, 5)

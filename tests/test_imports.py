@@ -1,5 +1,5 @@
 """What ``import structdrop`` loads: NumPy and SciPy only; the rooms that need torch, numba or
-matplotlib are submodules loaded on first use, reachable as attributes (DESIGN.md, Imports).
+matplotlib are submodules loaded on first use, reachable as attributes.
 
 Each check runs in a fresh interpreter, since this test session has imported everything already.
 """

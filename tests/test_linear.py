@@ -136,7 +136,7 @@ def test_stochastic_objective_is_unbiased_for_the_expected_one(scheme):
 
 def test_average_step_is_the_gradient_of_the_expected_objective():
     """E[U_{t+1} - U_t] = -(lr / 2N) dF/dU with F the exact objective: Algorithm 1 is SGD on
-    Lemma 2.1's deterministic objective (NOTES.md: steps 8-9 are half the stochastic gradient)."""
+    Lemma 2.1's deterministic objective (docs/theory.md: steps 8-9 are half the SGD step)."""
     X, Y, U0, V0 = low_rank_problem(seed=2)
     scheme = sd.GridBlock(0.4, 2)
     n, draws = X.shape[1], 20_000

@@ -66,7 +66,7 @@ def oracle_hits(drops: torch.Tensor, geometry) -> torch.Tensor:
 
 
 def exact_second_moment(spatial, block, boundary, gamma) -> np.ndarray:
-    """``E[z_i z_j] = (1 - gamma)^{|W(i) | W(j)|}`` from the window incidence (NOTES.md)."""
+    """``E[z_i z_j] = (1 - gamma)^{|W(i) | W(j)|}`` from the window incidence (docs/theory.md)."""
     geometry = _windows.geometry(spatial, check_block_sizes(block, len(spatial)), boundary)
     windows = _sparse.window_units(torch.arange(math.prod(geometry.candidates)), geometry)
     incidence = np.zeros((windows.shape[0], math.prod(spatial)))

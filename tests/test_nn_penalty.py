@@ -1,6 +1,6 @@
 """DropoutPenalty: the regularizer of a mask law as a loss term (Thm 3.1, eq. 14-16), equal to
 the library's penalty and to the masks' expected objective, and reaching the closed-form optimum
-(Thm 2.7 as corrected in NOTES.md) without gradient noise.
+(Thm 2.7 as corrected in docs/theory.md) without gradient noise.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _network(b, a, d, seed):
 
 def test_penalty_and_masks_reach_the_closed_form_optimum():
     # U V^T X with b=10, a=8, d=10, N=200 and GridBlock(0.3, 2). The oracle is the closed-form
-    # global minimum F* (Thm 2.7 as corrected in NOTES.md). The penalty form (deterministic,
+    # global minimum F* (Thm 2.7 as corrected in docs/theory.md). The penalty form (deterministic,
     # L-BFGS) reaches it to 1e-9; the mask form (SGD with masks, decaying Adam steps) comes
     # within 1 % (it stalls at a gap set by the gradient noise; measured 0.2 % at 3000 steps).
     b, a, d, r, p = 10, 8, 10, 2, 0.3
@@ -177,7 +177,7 @@ def test_penalty_and_masks_reach_the_closed_form_optimum():
 
 
 def test_dropout_penalty_of_dropconnect_is_dropouts():
-    # DropConnect's masks on the entries of U regularize as Dropout does (NOTES.md; see
+    # DropConnect's masks on the entries of U regularize as Dropout does (docs/theory.md; see
     # structdrop.penalty): the penalty of the law on weights is its law on units'.
     g = seeded(9)
     U = torch.randn(3, 5, dtype=torch.float64, generator=g)

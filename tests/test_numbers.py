@@ -6,7 +6,7 @@ Oracles, all independent of the code under test's new paths:
 - homogeneity: ``||c w||_(k) = c ||w||_(k)``, ``prox(c w) = c prox(w)`` (c > 0) and, for the
   optimum, ``A*(cX, cY) = c A*(X, Y)``, ``x -> c x``, ``F* -> c^2 F*``, ``W*`` unchanged, with
   ``c`` a power of ten (not a power of two, which the code scales by internally);
-- closed forms: ``||(t, t)||_(2) = sqrt(2) t``, NOTES.md's prox example ``(10, 1, 1) -> (5, 1/3,
+- closed forms: ``||(t, t)||_(2) = sqrt(2) t``, the prox example ``(10, 1, 1) -> (5, 1/3,
   1/3)`` at k = 2, beta = 1;
 - central finite differences (``torch.autograd.gradcheck``, float64) and Danskin's theorem
   ``dF*/dY = 2 (Y - A*)`` for the gradients of the optimum.
@@ -294,7 +294,7 @@ def test_ksupport_norms_are_homogeneous_at_extreme_scales(c, k):
 @pytest.mark.filterwarnings("error")  # an overflow must not pass silently
 @pytest.mark.parametrize("c", SCALES)
 def test_proxes_are_homogeneous_at_extreme_scales(c):
-    # NOTES.md: prox of (10, 1, 1) at k = 2, beta = 1 is (5, 1/3, 1/3); signs and order kept.
+    # docs/theory.md: prox of (10, 1, 1) at k = 2, beta = 1 is (5, 1/3, 1/3); signs and order kept.
     w = np.array([1.0, -10.0, 1.0])
     np.testing.assert_allclose(
         sd.prox_ksupport_sq(c * w, 1.0, 2), c * np.array([1 / 3, -5.0, 1 / 3]), rtol=1e-12

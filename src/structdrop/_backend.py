@@ -1,7 +1,7 @@
 """Which array library holds a value, without importing torch.
 
 The NumPy core accepts torch tensors but must not load torch for NumPy users (``import
-structdrop`` loads NumPy and SciPy only, DESIGN.md). A tensor cannot exist before torch is
+structdrop`` loads NumPy and SciPy only). A tensor cannot exist before torch is
 imported, so torch is looked up in ``sys.modules`` (as POT's ``ot/backend.py`` does): when it is
 not there, no value can be a tensor.
 """

@@ -1,7 +1,7 @@
 """The row space of the inputs X (b x N): an orthonormal basis ``qt`` (r x N) of it, by
 whichever route is cheaper and still exact.
 
-Thm 2.7 (corrected in NOTES.md) needs the projector P onto X's row space: ``Y P = C qt`` with
+Thm 2.7 (corrected in docs/theory.md) needs the projector P onto X's row space: ``Y P = C qt`` with
 ``C = Y qt^T`` (a x r), so the prox is computed from the small matrix C. Two routes give such a
 basis:
 

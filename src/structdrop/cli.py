@@ -3,7 +3,7 @@
 ``structdrop reproduce synthetic`` reproduces the paper's synthetic experiments (figures, JSON
 data, ``REPORT.md``); ``structdrop reproduce deep`` its deep-network experiment (Fig. 2), whose
 options are the fields of :class:`~structdrop.experiments.deep.DeepConfig`; ``structdrop
-optimum`` prints the closed-form global minimum (Thm 2.7, corrected in NOTES.md) of
+optimum`` prints the closed-form global minimum (Thm 2.7, corrected in docs/theory.md) of
 Dropout/DropBlock for data files. ``python -m structdrop`` is the same command line, and
 ``torchrun ... -m structdrop reproduce deep`` runs Fig. 2 on several processes.
 
@@ -293,7 +293,7 @@ def optimum_command(
     """Print the closed-form global minimum of Dropout (r = 1) or grid DropBlock as JSON.
 
     Data are column-wise (one sample per column, as in the paper). Thm 2.7 corrected as in
-    NOTES.md: the value F*, beta = (r/d)(1-theta)/theta, rho*, rank(A*), the singular values of
+    docs/theory.md: F*, beta = (r/d)(1-theta)/theta, rho*, rank(A*), the singular values of
     A* and of the target projected on X's row space, and the unfittable residual.
     """
     from . import Bernoulli, GridBlock, global_minimum

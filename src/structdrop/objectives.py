@@ -6,7 +6,7 @@ eq. 14-16)::
     E_z ||Y - U diag(mu)^-1 diag(z) G||^2 = ||Y - U G||^2 + <Cbar, (U^T U) * (G G^T)>.
 
 For the single hidden layer ``G = V^T X`` everything depends on the data only through the Gram
-statistics ``X X^T``, ``Y X^T`` and ``||Y||^2`` (NOTES.md, "Gram form"), so once :class:`Gram` is
+statistics ``X X^T``, ``Y X^T`` and ``||Y||^2`` (docs/theory.md), so once :class:`Gram` is
 built an evaluation costs ``O(abd + b^2 d + (a+b) d^2)``, independent of the number of samples N.
 
 Inputs are NumPy arrays or torch tensors; results come back in the same kind (a torch scalar keeps
@@ -53,7 +53,7 @@ def weight_keep_prob(scheme: Scheme) -> float | None:
     """``theta`` of a law whose masks fall on the entries of a weight matrix (DropConnect,
     eq. 19), or None for a law on the hidden units.
 
-    The regularizers and the samplers of masks on weights (the corrected Thm 4.1 in NOTES.md,
+    The regularizers and the samplers of masks on weights (the corrected Thm 4.1 in docs/theory.md,
     Algorithm 1 on V's entries) hold for entries kept independently with probability theta.
 
     Raises:
@@ -95,7 +95,7 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
 
     ``Omega = <Cbar, (U^T U) * (G G^T)> = sum_ij Cbar_ij (u_i^T u_j)(g_i^T g_j)``, where ``g_i``
     is row i of G. For Dropout this is ``(1-theta)/theta sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2;
-    eq. 17 omits the factor ``(1-theta)/theta``, see NOTES.md). A law on weights (DropConnect)
+    eq. 17 omits the factor ``(1-theta)/theta``, see docs/theory.md). A law on weights (DropConnect)
     here masks the entries of the last matrix U, whose regularizer is that of
     ``scheme.on_units()``: exactly Dropout's.
 
@@ -119,7 +119,7 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
 
 @dataclass(frozen=True)
 class Gram:
-    """The statistics of a data set that the linear objectives depend on (NOTES.md, Gram form).
+    """The statistics of a data set that the linear objectives depend on (docs/theory.md).
 
     ``xx = X X^T`` (b x b), ``yx = Y X^T`` (a x b) and ``yy = ||Y||_F^2``. Build once with
     :meth:`from_data`; every evaluation afterwards costs nothing in N.
@@ -190,7 +190,7 @@ class Gram:
         eq. 5 for GridBlock). ``DropConnect`` masks the entries of V (eq. 19), and its
         regularizer is ``(1-theta)/theta sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2`` with ``x_j`` row
         j of X: Thm 4.1's ``sum_k ||u_k||^2 ||X^T v_k||^2`` holds only when ``X X^T`` is diagonal
-        (NOTES.md).
+        (docs/theory.md).
         """
         return self._evaluate(U, V, check_scheme(scheme), fit=False)
 
@@ -229,7 +229,7 @@ class Gram:
 
 
 def linear_penalty(U: Array, V: Array, X: Array, scheme: Scheme) -> Array:
-    """The regularizer of ``scheme`` on the network ``U V^T X`` (eq. 5, eq. 15, NOTES.md).
+    """The regularizer of ``scheme`` on the network ``U V^T X`` (eq. 5, eq. 15, docs/theory.md).
 
     Equals ``penalty(U, V^T X, scheme)`` for masks on the hidden units, computed in the Gram form;
     for ``DropConnect`` the masks fall on V's entries (corrected Thm 4.1, see :meth:`Gram.penalty`).

@@ -4,7 +4,7 @@ With the drop rate scaled with the width as in eq. 7, the DropBlock objective (e
 convex lower bound ``F(A) = ||Y - A||^2 + beta ||A||_(r)^2`` over predictions ``A = W X`` in the
 row space of X (eq. 9-12, Thm 2.6), with ``||.||_(r)`` the spectral r-support norm and
 ``beta = (r/d)(1-theta)/theta``. Its minimizer is a spectral proximal step (Thm 2.7), corrected
-here as in NOTES.md:
+here as in docs/theory.md:
 
 * X need not have full column rank (it cannot when N > b): with P the projector onto X's row
   space, ``||Y - A||^2 = ||Y (I-P)||^2 + ||Y P - A||^2``, so ``A* = prox(Y P)``.
@@ -178,7 +178,7 @@ class ScaledSolution(NamedTuple):
 def solve_unit_scale(
     x: np.ndarray, y: np.ndarray, beta: float, block_size: int, route: str = "auto"
 ) -> ScaledSolution:
-    """Thm 2.7 (corrected, NOTES.md) on data of unit scale.
+    """Thm 2.7 (corrected, docs/theory.md) on data of unit scale.
 
     X's row space comes from :func:`~structdrop._rowspace.row_space` (the Gram route when X is
     well conditioned, else its SVD): with ``Y P = C qt`` and the SVD ``C = W diag(m) Z^T``,
@@ -235,7 +235,7 @@ def optimum_flops(b: int, n: int, a: int) -> float:
 
 
 def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMinimum:
-    """The closed-form global minimum of the Dropout/DropBlock objective (Thm 2.7, NOTES.md).
+    """The closed-form global minimum of the Dropout/DropBlock objective (Thm 2.7, docs/theory.md).
 
     Solves ``min_A ||Y - A||^2 + beta ||A||_(r)^2`` over ``A = W X``: with the SVD
     ``Y P = W diag(m) Z^T``, ``A* = W diag(x) Z^T`` where

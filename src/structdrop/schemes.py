@@ -81,7 +81,7 @@ class Scheme(abc.ABC):
     def on_units(self) -> Scheme:
         """The law on the hidden units that induces the same regularizer when the masks fall on
         the last weight matrix ``U`` (Thm 3.1): the law itself, but for DropConnect, whose iid
-        masks on ``U``'s entries regularize as Dropout does (NOTES.md)."""
+        masks on ``U``'s entries regularize as Dropout does (docs/theory.md)."""
         return self
 
     def check_width(self, d: int) -> int:
@@ -206,7 +206,7 @@ class _Independent(Scheme):
 class Bernoulli(_Independent):
     """Dropout (Srivastava et al.): every unit kept independently with probability ``1 - p``.
 
-    ``Cbar = (1-theta)/theta * I`` (Cor. 3.2; the paper's eq. 17 omits the factor, see NOTES.md).
+    ``Cbar = (1-theta)/theta * I`` (Cor. 3.2; eq. 17 omits the factor, see docs/theory.md).
 
     Args:
         p: drop probability, in [0, 1).
@@ -221,7 +221,7 @@ class DropConnect(_Independent):
     As a law on a vector of d entries it is Bernoulli's; what differs is where it acts. In
     :func:`structdrop.linear_penalty` the masks fall on ``V`` (eq. 19), whose regularizer
     ``(1-theta)/theta * sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2`` is *not* Dropout's unless
-    ``X X^T`` is diagonal: Thm 4.1 and Cor. 4.2 are corrected in NOTES.md. In
+    ``X X^T`` is diagonal: Thm 4.1 and Cor. 4.2 are corrected in docs/theory.md. In
     :func:`structdrop.penalty` they fall on ``U``, where the regularizer equals Dropout's.
 
     Args:
@@ -240,7 +240,7 @@ class GridBlock(Scheme):
     consecutive blocks of ``r`` units; each block is kept whole with probability ``1 - p``.
 
     The mask is ``z = w kron 1_r`` with ``w`` iid Ber(theta); eq. 3 must read
-    ``diag(w) kron I_r`` (the paper prints ``I_{d/r}``, see NOTES.md). Its characteristic matrix is
+    ``diag(w) kron I_r`` (not ``I_{d/r}``, docs/theory.md). Its characteristic matrix is
     ``(1-theta)/theta * blockdiag(1_r 1_r^T)`` (Lemma 2.1, eq. 5).
 
     Args:
@@ -324,12 +324,12 @@ class SlidingBlock(Scheme):
 
     Every candidate window of ``r`` consecutive units is dropped independently with
     probability ``gamma``; a unit survives iff no window covering it is dropped. With ``n_i``
-    windows covering unit i and ``W(i)`` their set (NOTES.md):
+    windows covering unit i and ``W(i)`` their set (docs/theory.md):
     ``mu_i = (1-gamma)^{n_i}`` and ``E[z_i z_j] = (1-gamma)^{|W(i) U W(j)|}``.
 
     The default ``gamma = 1 - (1-p)^(1/r)`` makes every unit covered by r windows drop with
     probability exactly p. The paper's Sec. 5.3 choice ``1 - (1-theta)^(1/(2k-1))`` and Ghiasi's
-    ``gamma = p/r * d/(d-r+1)`` do not (NOTES.md); pass them as ``gamma`` to compare.
+    ``gamma = p/r * d/(d-r+1)`` do not (docs/theory.md); pass them as ``gamma`` to compare.
 
     Args:
         p: nominal drop probability, in [0, 1).

@@ -1,8 +1,8 @@
 """What ``REPORT.md`` says of each synthetic figure: a verdict on each claim it tests, and its key
 numbers.
 
-Verdicts follow NOTES.md: "holds", "holds after correction" (true once the paper's equation is
-corrected as in NOTES.md) or "fails"; the measured numbers that support each one are read from
+Verdicts follow docs/theory.md: "holds", "holds after correction" (true once the paper's equation is
+corrected as in docs/theory.md) or "fails"; the measured numbers that support each one are read from
 the figures' JSON data, so they are the ones in the figures. A run's mask law is read back from
 its identity (``Scheme.from_dict(run["scheme"])``). :data:`.figures.FIGURES` says which figure
 tests which claim.
@@ -63,7 +63,7 @@ def lemma_21(figures: Figures) -> tuple[str, str]:
 
 
 def eq3_kron(figures: Figures) -> tuple[str, str]:
-    """Eq. 3's ``kron I_(d/r)`` is not a mask on d units; ``kron I_r`` is (NOTES.md)."""
+    """Eq. 3's ``kron I_(d/r)`` is not a mask on d units; ``kron I_r`` is (docs/theory.md)."""
     run = figures["fig1"]["run"]
     d, r = figures["fig1"]["config"]["width"], law(run).block_size
     k = d // r
@@ -89,12 +89,12 @@ def thm_27(figures: Figures) -> tuple[str, str]:
         gaps = figures["fig5"]["final_gaps"]
         text += "; fig5: " + ", ".join(f"p = {p}: {number(g)}" for p, g in gaps.items())
         worst = max(worst, *gaps.values())
-    text += ". F* from the corrected Thm 2.7 (row-space projection, rho in {1..r}; NOTES.md)"
+    text += ". F* from the corrected Thm 2.7 (row-space projection, rho in {1..r}; docs/theory.md)"
     return text, _converged(worst, quick)
 
 
 def thm_23(figures: Figures) -> tuple[str, str]:
-    """Thm 2.3's rule for rho*: neither the max nor the min of (11) over rho (NOTES.md)."""
+    """Thm 2.3's rule for rho*: neither the max nor the min of (11) over rho (docs/theory.md)."""
 
     def candidates(w: np.ndarray, k: int) -> list[float]:
         w = np.sort(np.abs(w))[::-1]
@@ -162,7 +162,7 @@ def dropout_dropconnect(figures: Figures) -> tuple[str, str]:
 # fig4, head, gap
 # ------------------------------------------------------------------------------------------------
 def sec_53(figures: Figures) -> tuple[str, str]:
-    """Sec. 5.3: the paper's theta' gives the intended drop rate only at p = 0.5 (NOTES.md)."""
+    """Sec. 5.3: the paper's theta' gives the intended rate only at p = 0.5 (docs/theory.md)."""
     data = figures["fig4"]
     parts = []
     for p, relative in data["relative_to_grid"].items():
@@ -178,13 +178,13 @@ def sec_53(figures: Figures) -> tuple[str, str]:
     text = (
         "theta' gives the intended interior drop rate p only at p = 0.5 (there it is the exact "
         "gamma); the sliding objective still differs from the grid one (its characteristic "
-        "matrix is banded, NOTES.md). " + "; ".join(parts)
+        "matrix is banded, docs/theory.md). " + "; ".join(parts)
     )
     return text, "holds only at p = 0.5"
 
 
 def prop_33(figures: Figures) -> tuple[str, str]:
-    """Prop. 3.3 needs its missing 1/d (NOTES.md): Dropout trained at width d against both."""
+    """Prop. 3.3 needs its missing 1/d (docs/theory.md): Dropout trained at width d against both."""
     prop = figures["head"]["prop33"]
     text = (
         f"{law(prop)} trained at width d = {prop['width']} (L-BFGS): "
@@ -197,7 +197,7 @@ def prop_33(figures: Figures) -> tuple[str, str]:
 
 
 def dominant_head(figures: Figures) -> tuple[str, str]:
-    """With a dominant head, GridBlock's optimum (rho* > 1) is not Dropout's (NOTES.md)."""
+    """With a dominant head, GridBlock's optimum (rho* > 1) is not Dropout's (docs/theory.md)."""
     data = figures["head"]
     parts = []
     for run in data["runs"]:
@@ -212,7 +212,7 @@ def dominant_head(figures: Figures) -> tuple[str, str]:
 
 
 def tightness(figures: Figures) -> tuple[str, str]:
-    """Thm 2.7's F* is reached at a fixed width only when ``d >= rank(A*)`` (NOTES.md)."""
+    """Thm 2.7's F* is reached at a fixed width only when ``d >= rank(A*)`` (docs/theory.md)."""
     data = figures["gap"]
     text = f"rank(A*) = {data['rank']}, beta = {data['beta']:.3g} held fixed (eq. 7): " + ", ".join(
         f"d = {r['width']}: gap {number(r['gap'])}" for r in data["runs"]

@@ -30,10 +30,10 @@ class Config:
     input_dim: int = 100  # b
     output_dim: int = 80  # a
     width: int = 50  # d
-    truth_rank: int = 50  # rank of U_true V_true^T (NOTES.md: 50 lets width 50 reach F*)
+    truth_rank: int = 50  # rank of U_true V_true^T (docs/theory.md: 50 lets width 50 reach F*)
     correlation: float = 0.9  # AR(1) coefficient of the correlated inputs (fig3, fig6)
     seed: int = 0
-    # Algorithm 1 (NOTES.md step sizes)
+    # Algorithm 1 (docs/theory.md step sizes)
     lr_factor: float = 3.0  # lr = lr_factor * safe_learning_rate (divergence at ~5-6x)
     lr_decay: float = 5e4  # eta_t = lr / (1 + t / lr_decay)
     record: int = 64  # ~log-spaced record points per run

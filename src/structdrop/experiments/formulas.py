@@ -1,6 +1,6 @@
 """Formulas the synthetic figures compare with the training curves.
 
-:func:`paper_dropconnect_objective` is Thm 4.1 as printed (NOTES.md corrects it);
+:func:`paper_dropconnect_objective` is Thm 4.1 as printed (docs/theory.md corrects it);
 :func:`late_relative_difference` measures Lemma 2.1 along a run; :func:`ema` smooths Fig. 4's
 curves on a log axis.
 """
@@ -24,7 +24,7 @@ def paper_dropconnect_objective(
 
     This is Dropout's expected objective (Cor. 3.2), and it is the DropConnect expectation only
     when ``X X^T`` is diagonal; the exact one is ``expected_loss(Y, U, V, X, DropConnect(p))``
-    (NOTES.md, "DropConnect on V").
+    (docs/theory.md, "DropConnect on V").
 
     Args:
         Y: (a, N) targets. U: (a, d). V: (b, d). X: (b, N) inputs.

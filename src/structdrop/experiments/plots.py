@@ -102,7 +102,7 @@ def _dropconnect_panel(axis: Axes, run: dict[str, Any]) -> None:
         _positive(run["corrected"]),
         "--",
         color=COLORS["deterministic"],
-        label="corrected expectation (NOTES.md)",
+        label="corrected expectation (docs/theory.md)",
     )
     axis.loglog(
         t,

@@ -75,7 +75,7 @@ def progress_bar(total: int, enabled: bool, description: str) -> Any:
 
 
 def optimum_summary(X: np.ndarray, Y: np.ndarray, scheme: Scheme, width: int) -> dict[str, Any]:
-    """Thm 2.7's global minimum (corrected, NOTES.md): value F*, rank(A*), rho* and beta."""
+    """Thm 2.7's global minimum (corrected, docs/theory.md): value F*, rank(A*), rho* and beta."""
     opt = global_minimum(X, Y, scheme, width)
     return {"value": opt.value, "rank": opt.rank, "rho": opt.rho, "beta": opt.beta}
 

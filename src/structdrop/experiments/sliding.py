@@ -3,7 +3,7 @@
 Grid DropBlock, and sliding DropBlock with three window-drop rates gamma: ``same_theta``
 gamma = p (the paper's "same theta"); ``paper`` gamma = 1 - p^(1/r), the paper's
 theta' = 1 - (1-theta)^(1/(2k-1)) with 2k-1 = r; ``exact`` gamma = 1 - (1-p)^(1/r), which drops
-every interior unit with probability p (NOTES.md). paper = exact iff p = 0.5.
+every interior unit with probability p (docs/theory.md). paper = exact iff p = 0.5.
 """
 
 from __future__ import annotations

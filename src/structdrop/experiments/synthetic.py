@@ -6,7 +6,7 @@ their titles, plots, claims and summaries, and :mod:`.driver` runs them (``run``
 come from :class:`Config` (:mod:`.config`); the runs themselves from :mod:`.runs`.
 
 * ``fig1``: grid DropBlock (p = 0.5, r = 5): stochastic vs deterministic objective (Lemma 2.1,
-  eq. 4-5) and convergence to the closed-form global minimum (Thm 2.7, corrected in NOTES.md).
+  eq. 4-5) and convergence to the closed-form global minimum (Thm 2.7, corrected in docs/theory.md).
 * ``fig5``: fig1 for p in {0.1, 0.3, 0.5, 0.7, 0.9} (App. E).
 * ``fig3`` / ``fig6``: DropConnect on V: its stochastic objective against the corrected expected
   objective and against Thm 4.1's formula as printed, on Gaussian and on correlated inputs, and
@@ -15,7 +15,7 @@ come from :class:`Config` (:mod:`.config`); the runs themselves from :mod:`.runs
 * ``head``: a target with a dominant singular value, where DropBlock's optimum is not Dropout's.
 * ``gap``: the fixed-width gap to F* when rank(A*) exceeds the width, and its closing.
 
-Step sizes follow NOTES.md: ``lr = lr_factor * safe_learning_rate(...)`` (the bound is about 5x
+Steps follow docs/theory.md: ``lr = lr_factor * safe_learning_rate(...)`` (the bound is about 5x
 below the divergence threshold), decayed as ``lr / (1 + t / lr_decay)``. Every SGD run
 checkpoints under ``<out>/checkpoints/<figure>/`` and resumes with identical results.
 """
@@ -250,7 +250,7 @@ def _sliding_run(
 # ------------------------------------------------------------------------------------------------
 def head(config: Config, folder: Path, progress: bool = False) -> dict[str, Any]:
     """Beyond the paper: with a dominant singular value (``r x_1 > sum x``) rho* > 1 and the
-    GridBlock optimum differs from Dropout's (NOTES.md); fit_gd at a generous width reaches it.
+    GridBlock optimum differs from Dropout's (docs/theory.md); fit_gd at a wide width reaches it.
 
     Also checks Prop. 3.3: Dropout at width d reaches ``min ||Y-A||^2 + (1-theta)/(theta d)
     ||A||_*^2`` (the corrected eq. 18), not the printed strength ``(1-theta)/theta``.
@@ -322,7 +322,7 @@ def gap(config: Config, folder: Path, progress: bool = False) -> dict[str, Any]:
     """Beyond the paper: the fixed-width gap. A rank-80 truth with GridBlock(0.1, 5) at width 50
     has rank(A*) > 50, so the width-50 minimum stays above F*; at larger widths, with the drop
     rate rescaled by eq. 7 so that beta (hence A* and F*) is unchanged, the gap closes once
-    ``d >= rank(A*)`` (NOTES.md, "Tightness needs width")."""
+    ``d >= rank(A*)`` (docs/theory.md, "Tightness needs width")."""
     r = config.block_size
     beta = regularization_strength(GridBlock(config.gap_p, r), config.width)
     base = make_data(config, truth_rank=config.gap_truth_rank)

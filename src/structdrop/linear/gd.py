@@ -1,12 +1,12 @@
 """Full-batch minimisation of the exact expected objective at a fixed width (L-BFGS).
 
-The objective is eq. 4 / eq. 14 in the Gram form (NOTES.md)::
+The objective is eq. 4 / eq. 14 in the Gram form (docs/theory.md)::
 
     f(U, V) = ||Y||^2 - 2 <U, Y X^T V> + <Q * (U^T U), V^T X X^T V>,   Q = 1 1^T + Cbar,
 
 with gradients ``df/dU = 2 (U (Q * M) - Y X^T V)`` and ``df/dV = 2 (X X^T V (Q * K) - X Y^T U)``
 where ``K = U^T U`` and ``M = V^T X X^T V``. DropConnect adds its corrected penalty (Thm 4.1 in
-NOTES.md) instead of the ``Cbar`` term.
+docs/theory.md) instead of the ``Cbar`` term.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Ghiasi et al.'s DropBlock drops every candidate window of ``block_size`` units i
 with probability ``gamma``; a unit is kept iff no dropped window covers it. The windows
 (``boundary="valid"`` as torchvision and TensorFlow, ``"clipped"`` as timm) are described in
 :mod:`._windows`. With ``n_i`` windows covering unit ``i`` the exact keep probability is
-``mu_i = (1 - gamma)^n_i`` (NOTES.md, "Sec. 5.3 ... corrected"); in 1-D the mask law is exactly
+``mu_i = (1 - gamma)^n_i`` (docs/theory.md, "Sec. 5.3"); in 1-D the mask law is exactly
 ``structdrop.SlidingBlock(p, r, boundary=boundary, gamma=gamma)``. The default scaling divides
 unit ``i`` by ``mu_i``, so ``E[output] = input`` per unit, also at the borders.
 
@@ -55,7 +55,7 @@ def window_drop_prob(
 ) -> float:
     """The probability ``gamma`` with which each candidate window is dropped.
 
-    Rules (NOTES.md, "Sec. 5.3 (matching sliding DropBlock to the grid form), corrected"):
+    Rules (docs/theory.md, "Sec. 5.3 (matching sliding DropBlock to the grid form), corrected"):
 
     * ``"mean"``: the unique gamma with ``mean_i (1 - gamma)^{n_i} = 1 - p``, so the mean drop
       rate over the map is exactly ``p`` (solved by bisection in float64).
@@ -97,7 +97,7 @@ def drop_block_keep_prob(
 ) -> Tensor:
     """Exact per-unit keep probabilities ``mu_i = (1 - gamma)^{n_i}`` of a sliding DropBlock.
 
-    ``n_i`` is the number of candidate windows covering unit ``i`` (NOTES.md, "Sec. 5.3 ...
+    ``n_i`` is the number of candidate windows covering unit ``i`` (docs/theory.md, "Sec. 5.3 ...
     corrected"); in 1-D this is ``structdrop.SlidingBlock(p, r, boundary, gamma).mean(L)``.
 
     Args:
@@ -143,7 +143,7 @@ def drop_block(
     Every candidate window (see :mod:`._windows` for ``boundary``) is dropped independently
     with probability ``gamma``; unit ``i`` is kept with probability ``mu_i = (1 - gamma)^{n_i}``
     and, with ``scale="expected"``, multiplied by ``1 / mu_i``, so ``E[output] = input`` per
-    unit (NOTES.md, "Sec. 5.3 ... corrected": existing layers scale by the batch's kept
+    unit (docs/theory.md, "Sec. 5.3 ... corrected": existing layers scale by the batch's kept
     fraction, which is biased at the borders and couples samples).
 
     The first six arguments are torchvision's ``drop_block2d(input, p, block_size, inplace,
@@ -309,20 +309,20 @@ def drop_block3d(
     return _drop_block_nd(drop_block3d, 3, input, p, block_size, _options(locals()))
 
 
-drop_block1d.__doc__ = f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al., 2018; NOTES.md
-    Sec. 5.3 corrected): the masks of ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per
+drop_block1d.__doc__ = f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
+    docs/theory.md, Sec. 5.3 corrected): the masks of ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per
     channel, scaled by the exact inverse keep probabilities.
 
     {_ND_ARGS.format(shape="(N, C, L)")}
     """
 drop_block2d.__doc__ = f"""Sliding DropBlock on ``(N, C, H, W)`` input (Ghiasi et al., 2018;
-    NOTES.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
+    docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block2d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, H, W)")}
     """
 drop_block3d.__doc__ = f"""Sliding DropBlock on ``(N, C, D, H, W)`` input (Ghiasi et al., 2018;
-    NOTES.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
+    docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block3d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, D, H, W)")}

@@ -157,7 +157,7 @@ def sample_masks(
 
     * independent blocks (``Bernoulli(p)``, ``DropConnect(p)``: blocks of 1; ``GridBlock(p, r)``:
       blocks of r): one Ber(1 - p) variable per block of consecutive units,
-      ``z = w kron 1_r`` (Lemma 2.1, eq. 3 corrected as in NOTES.md).
+      ``z = w kron 1_r`` (Lemma 2.1, eq. 3 corrected as in docs/theory.md).
     * dropped windows (``SlidingBlock(p, r, boundary, gamma)``): every candidate window (see
       :func:`structdrop.schemes.window_incidence`) is dropped with probability ``gamma``; a
       unit is kept iff no dropped window covers it.

@@ -35,7 +35,7 @@ class DropoutPenalty(nn.Module):
     squared error trains on the expected objective exactly, without masks and without their
     gradient noise; e.g. for Dropout it is ``p/(1-p) sum_i ||u_i||^2 ||g_i||^2`` (Cor. 3.2), for
     :class:`structdrop.GridBlock` ``p/(1-p) sum_blocks ||U_i G_i||_F^2`` (Lemma 2.1, eq. 5).
-    DropConnect's masks on the entries of ``U`` give Dropout's penalty (NOTES.md; see
+    DropConnect's masks on the entries of ``U`` give Dropout's penalty (docs/theory.md; see
     :func:`structdrop.penalty`).
 
     Args:

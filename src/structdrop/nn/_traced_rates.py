@@ -8,7 +8,7 @@ with tensor operators, on shape constants from the host: ``t = -log(1 - gamma)``
 of ``t / u`` over ``u`` refined by Newton steps on ``G(t) = log sum_j w_j exp(-n_j t) + u``
 (convex and decreasing; the histogram ``(n_j, w_j)`` of the window counts is exact). Linear
 interpolation in the table errs by about 1e-6 relative, and each Newton step squares the error:
-two steps reach the float64 rounding of the host's bisection (NOTES.md, "Sec. 5.3 ...
+two steps reach the float64 rounding of the host's bisection (docs/theory.md, "Sec. 5.3 ...
 corrected", for the rules themselves).
 """
 

@@ -2,7 +2,7 @@
 ``torch.fx``.
 
 Three rules keep every layer traceable by Dynamo with ``fullgraph=True`` and capturable in a
-CUDA graph (DESIGN.md, "Devices"):
+CUDA graph:
 
 * Constants that depend only on shapes and options (window drop probabilities, exact keep
   probabilities, characteristic matrices) are computed on the host with NumPy and cached. A

@@ -1,7 +1,7 @@
 """Window drop probabilities (the gamma rules) and exact keep probabilities, on the host.
 
 Every candidate window is dropped with probability ``gamma``; unit ``i``, covered by ``n_i``
-windows, is kept with probability ``mu_i = (1 - gamma)^{n_i}`` (NOTES.md, "Sec. 5.3 (matching
+windows, is kept with probability ``mu_i = (1 - gamma)^{n_i}`` (docs/theory.md, "Sec. 5.3 (matching
 sliding DropBlock to the grid form), corrected"). The rules that turn a drop rate ``p`` into
 ``gamma`` are described in ``window_drop_prob``. Everything here is computed in float64 with
 NumPy, once per configuration (cached), from validated arguments.

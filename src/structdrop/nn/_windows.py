@@ -8,7 +8,7 @@ Windows are products of 1-D windows, one per spatial axis of length ``L`` with b
   ``[c - (r - 1) // 2, c + r // 2]`` clipped to ``[0, L)``.
 
 In 1-D these are the windows of :func:`structdrop.schemes.window_incidence`. The number ``n_i``
-of windows covering unit ``i`` fixes its keep probability ``(1 - gamma)^{n_i}`` (NOTES.md,
+of windows covering unit ``i`` fixes its keep probability ``(1 - gamma)^{n_i}`` (docs/theory.md,
 "Sec. 5.3 ... corrected").
 """
 

@@ -4,7 +4,7 @@
 only when its package is importable) by :class:`~structdrop.nn.DropBlock2d` or
 :class:`~structdrop.nn.DropBlock3d` with the same drop rate and block size, mapping what each
 package means by its layer onto our options. What changes is what those layers get wrong
-(NOTES.md, "What existing layers get wrong"): the window drop probability (first-order or
+(docs/theory.md, "What existing layers get wrong"): the window drop probability (first-order or
 under-dropping there, exact here: ``gamma="mean"`` gives the mean drop rate ``p``) and the
 scaling (the batch's kept fraction there, the exact per-unit ``1 / mu`` here).
 """

@@ -198,7 +198,7 @@ def dropconnect_linear(
     weight's shape, so ``E[output] = input @ weight^T + bias``. With masks on the first matrix
     ``V`` of ``U V^T X`` the induced regularizer is
     ``p/(1-p) * sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2`` -- not Dropout's unless ``X X^T`` is
-    diagonal (Thm 4.1 and Cor. 4.2 corrected in NOTES.md; see
+    diagonal (Thm 4.1 and Cor. 4.2 corrected in docs/theory.md; see
     :func:`structdrop.linear_penalty`); on the last matrix it is exactly Dropout's.
 
     ``per_sample=False`` draws one mask per call, shared by the batch. ``per_sample=True`` gives

@@ -216,7 +216,7 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
     torchvision; or centred on any unit and clipped: ``"clipped"``, as timm) is dropped with
     probability ``gamma``, and a unit is kept iff no dropped window covers it: its keep
     probability is exactly ``mu_i = (1 - gamma)^{{n_i}}`` with ``n_i`` the windows covering it
-    (NOTES.md, sliding DropBlock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
+    (docs/theory.md, sliding DropBlock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
     :func:`structdrop.nn.functional.drop_block`.
 
     The first four arguments are torchvision's ``DropBlock2d(p, block_size, inplace, eps)``;
@@ -279,7 +279,7 @@ class DropConnectLinear(nn.Linear):
     Ber(1 - p) entries, so ``E[output]`` is the plain linear map. With masks on the first matrix
     ``V`` of a network ``U V^T X`` the induced regularizer is
     ``p/(1-p) * sum_k ||u_k||^2 sum_j V_jk^2 ||x_j||^2``; Thm 4.1's claim that it equals
-    Dropout's holds only when ``X X^T`` is diagonal (corrected in NOTES.md). In eval mode, or with
+    Dropout's holds only when ``X X^T`` is diagonal (docs/theory.md). In eval mode, or with
     p = 0, this is ``nn.Linear``. See :func:`structdrop.nn.functional.dropconnect_linear`.
 
     Args:

@@ -13,9 +13,9 @@ capacity, Prop. 3.3), the least value over ``(U, G)`` is that of the features-sp
 
     min_A ||Y - A||^2 + beta ||A||_(r)^2,   beta = (r/d)(1-theta)/theta,
 
-the spectral r-support norm for GridBlock (Thm 2.7, corrected in NOTES.md) and the squared
+the spectral r-support norm for GridBlock (Thm 2.7, corrected in docs/theory.md) and the squared
 nuclear norm with weight ``(1-theta)/(theta d)`` for Dropout (Prop. 3.3 with its missing 1/d,
-NOTES.md). It is a lower bound at width d for every ``(U, G)``. Its minimizer is the prox of
+docs/theory.md). It is a lower bound at width d for every ``(U, G)``. Its minimizer is the prox of
 the one-hot ``Y``, whose singular values are ``sqrt(n_c)`` (class counts): the figure's right
 panel compares them, shrunk, with the singular values of the trained ``U G``.
 

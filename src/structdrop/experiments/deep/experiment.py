@@ -65,7 +65,11 @@ def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
         "balance": float(norms.std() / norms.mean()) if norms.mean() > 0 else None,
     }
     if theory is not None:
-        output["gap"] = (final["objective"] - theory.value) / theory.value
+        # relative to the minimum; a minimum of 0 (p = 0: nothing to regularize) has no
+        # relative gap, only the excess itself
+        excess = final["objective"] - theory.value
+        output["excess"] = excess
+        output["gap"] = excess / theory.value if theory.value > 0 else None
         output["singular_value_error"] = _relative_error(
             final["singular_values"], theory.singular_values
         )

@@ -43,7 +43,7 @@ class Fig2Net(nn.Module):
     The last layer has no bias so that the prediction is exactly the paper's ``U G``
     (Sec. 3, eq. 13) with ``U = head.weight`` and ``G`` the output of ``hidden``. The dropout
     layer draws ``scheme.on_units()``: the law on the d features with the scheme's regularizer
-    (DropConnect's per-sample masks on ``U``'s entries give Dropout's, NOTES.md).
+    (DropConnect's per-sample masks on ``U``'s entries give Dropout's, docs/theory.md).
 
     Args:
         trunk: ``resnet50``, ``resnet18`` or ``tiny``.

@@ -49,7 +49,7 @@ def closed_form_law(scheme: Scheme) -> Scheme | None:
     """The law on the hidden units whose regularizer has a closed form, or None.
 
     It is ``scheme.on_units()`` (DropConnect on the last matrix U regularizes as Dropout,
-    NOTES.md) when its masks fall on the units and keep independent blocks of units
+    docs/theory.md) when its masks fall on the units and keep independent blocks of units
     (Dropout: blocks of 1, grid DropBlock: blocks of r): their regularizer is
     ``beta ||A||_(r)^2`` (Thm 2.3, Lemma 2.1). Sliding blocks and finite mask laws have none.
     """
@@ -60,7 +60,7 @@ def closed_form_law(scheme: Scheme) -> Scheme | None:
 
 
 def theoretical_minimum(Y: np.ndarray, scheme: Scheme, width: int) -> Theory | None:
-    """The least deterministic objective over ``(U, G)`` at width d (Thm 2.7, NOTES.md).
+    """The least deterministic objective over ``(U, G)`` at width d (Thm 2.7, docs/theory.md).
 
     ``min_{U, G} ||Y - U G||^2 + <Cbar, U^T U * G G^T> >= min_A ||Y - A||^2 + beta ||A||_(r)^2``
     with equality when d >= rank(A*) (and the blocks can share its directions). For Dropout
