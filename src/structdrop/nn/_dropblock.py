@@ -311,7 +311,8 @@ def drop_block3d(
 
 drop_block1d.__doc__ = f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
     docs/theory.md, Sec. 5.3 corrected): the masks of
-    ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel, scaled by the exact inverse keep probabilities.
+    ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel, scaled by the exact inverse
+    keep probabilities.
 
     {_ND_ARGS.format(shape="(N, C, L)")}
     """
