@@ -135,3 +135,16 @@ def test_placement_option_of_convert_dropblock():
     assert isinstance(model[0], sdnn.DropBlock2d) and model[0].boundary == "clipped"
     with pytest.raises(TypeError, match="convert_dropblock got both boundary"):
         sdnn.convert_dropblock(model, boundary="valid", placement="clipped")
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_bool_block_size_is_refused_as_p_is(flag):
+    for make in (
+        lambda: sdnn.DropBlock2d(0.1, block_size=flag),
+        lambda: sdnn.DropBlock1d(0.1, block_size=(flag,)),
+        lambda: sdnn.BlockDropout(0.1, block_size=flag),
+    ):
+        with pytest.raises(TypeError, match=rf"block_size must be an integer, got {flag}"):
+            make()
+    with pytest.raises(TypeError, match="p must be"):
+        sdnn.DropBlock2d(flag, 3)

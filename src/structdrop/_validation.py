@@ -84,7 +84,9 @@ def check_probability(value: Any, name: str = "p") -> float:
 
 def check_positive_int(value: Any, name: str) -> int:
     """An integer >= 1 (bools and non-integral floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool):  # True is an Integral equal to 1, never a size
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
             value = int(value)
         else:
