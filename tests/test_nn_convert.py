@@ -193,3 +193,25 @@ def test_schedule_drives_a_converted_model_in_one_call():
     assert fresh.stops == [0.1, 0.05] and [model[0].p, model[2].p] == pytest.approx([0.05, 0.025])
     with pytest.raises(ValueError, match="'stops'"):
         fresh.load_state_dict({**state, "stops": [0.1]})
+
+
+def test_a_layer_used_twice_or_under_two_names_is_converted_everywhere_and_stays_shared():
+    shared = torchvision_ops.DropBlock2d(0.2, 3)
+    twice = nn.Sequential(shared, nn.Identity(), shared)
+    sdnn.convert_dropblock(twice)
+    assert isinstance(twice[0], sdnn.DropBlock2d)
+    assert twice[2] is twice[0]
+    aliased = nn.Module()
+    aliased.first = nn.Sequential(shared)
+    aliased.second = shared
+    sdnn.convert_dropblock(aliased)
+    assert isinstance(aliased.second, sdnn.DropBlock2d)
+    assert aliased.first[0] is aliased.second
+    assert not any(isinstance(m, torchvision_ops.DropBlock2d) for m in aliased.modules())
+
+
+def test_a_scripted_model_is_refused_with_what_to_do():
+    # a scripted model's layers are TorchScript: none can be swapped, so none is silently left
+    scripted = torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 1), nn.Dropout(0.2)))
+    with pytest.raises(TypeError, match=r"before torch\.jit\.script"):
+        sdnn.convert_dropblock(scripted)

@@ -15,6 +15,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._options import OPTION_NAMES, take_placement
@@ -108,13 +109,25 @@ def _replacement(layer: nn.Module, known: list, options: dict[str, Any]) -> nn.M
     return None
 
 
-def _convert_children(module: nn.Module, known: list, options: dict[str, Any]) -> None:
-    for name, child in module.named_children():
-        new = _replacement(child, known, options)
-        if new is None:
-            _convert_children(child, known, options)
-        else:
-            setattr(module, name, new)
+def _convert_children(
+    module: nn.Module, known: list, options: dict[str, Any], done: dict[int, nn.Module]
+) -> None:
+    """Replace the known layers below ``module``. ``done`` maps each layer already replaced to
+    its replacement, so that a layer used twice (or under two names) becomes one layer used
+    twice, as before."""
+    # module._modules, not named_children(): the latter yields a module used twice only once
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        if id(child) not in done:
+            new = _replacement(child, known, options)
+            if new is None:
+                done[id(child)] = child
+                _convert_children(child, known, options, done)
+            else:
+                done[id(child)] = new
+        if done[id(child)] is not child:
+            setattr(module, name, done[id(child)])
 
 
 def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
@@ -149,13 +162,18 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     :class:`~structdrop.nn.DropRateSchedule` drives the converted model in one call.
 
     Args:
-        model: any module; a model without such layers comes back unchanged.
+        model: any module; a model without such layers comes back unchanged. A layer used
+            twice (or under two names) is replaced by one new layer used at each place.
         **options: keyword arguments of :class:`~structdrop.nn.DropBlock2d` (also ``p`` and
             ``block_size``) that override the mapping for every replaced layer; ``placement``
             is the deprecated name of ``boundary``, accepted until the next release.
 
     Returns:
         ``model`` itself, or the replacement when ``model`` is itself such a layer.
+
+    Raises:
+        TypeError: ``model`` is not a module, or is a scripted one (convert before
+            ``torch.jit.script``).
 
     Example::
 
@@ -171,9 +189,14 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
         raise TypeError(
             f"convert_dropblock got unknown options {unknown}; the options are {list(_OPTIONS)}"
         )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "cannot convert a scripted model (its layers are compiled TorchScript): call "
+            "convert_dropblock on the model before torch.jit.script"
+        )
     known = _known_classes()
     root = _replacement(model, known, options)
     if root is not None:
         return root
-    _convert_children(model, known, options)
+    _convert_children(model, known, options, {id(model): model})
     return model
