@@ -641,3 +641,35 @@ def test_a_checkpoint_missing_an_entry_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointError, match=r"is inconsistent: 'rng_state'"):
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+
+
+def _with_member(good: bytes, name: str, member: bytes) -> bytes:
+    """The archive ``good`` with its member ``name`` replaced by the bytes ``member``."""
+    stream = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(stream, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, member if info.filename == name else source.read(info))
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(1 << 45,), (1 << 20, 1 << 20), (21, 10), (19, 10)])
+def test_a_member_declaring_another_size_is_refused_before_it_is_read(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    """A ``.npy`` member whose header declares a shape that its bytes do not hold (a huge one
+    included) is refused from its header, without allocating the array."""
+    path = _valid(tmp_path)
+    good = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(good)) as archive:
+        name = next(n for n in archive.namelist() if n != f"{ckpt.META}.npy")
+        data = archive.read(name)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    body = data[len(data) - 200 * 8 :]  # the 20 x 10 float64 array's bytes
+    path.write_bytes(_with_member(good, name, header.getvalue() + body))
+    with pytest.raises(CheckpointError, match="declares an array of shape") as caught:
+        ckpt.load_checkpoint(path, kind="k", identity="run")
+    message = str(caught.value)
+    assert str(path) in message and name in message and "1600 bytes" in message

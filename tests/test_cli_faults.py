@@ -366,3 +366,140 @@ def test_a_deep_run_at_p_0_writes_its_result_and_report(tmp_path: Path) -> None:
     assert data["gap"] is None
     assert data["excess"] == pytest.approx(data["final"]["objective"])
     assert "(the minimum is 0)" in (out / "REPORT.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# One line, not a traceback: divergence, OS errors, folders for files, bounds, signals
+# ------------------------------------------------------------------------------------------------
+TINY_DEEP = ["reproduce", "deep", "--quick", "--trunk", "tiny"]
+
+
+def test_a_diverging_deep_run_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, [*TINY_DEEP, "--lr", "1e10", "--out", str(tmp_path / "out")])
+    one_line_error(result, "diverged", "lower --lr")
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    def mkstemp(*args: object, dir: object = None, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
+def test_a_full_disk_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    _full_disk(monkeypatch)
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*command, "--out", str(out)])
+    one_line_error(result, str(out), "No space left on device")
+
+
+@pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
+def test_a_read_only_checkpoint_folder_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    folder = tmp_path / "out" / "checkpoints"
+    folder.mkdir(parents=True)
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        result = runner.invoke(app, [*command, "--out", str(tmp_path / "out")])
+        one_line_error(result, str(folder), "ermission denied")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_an_unreadable_data_dir_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0)
+    try:
+        if os.access(data, os.R_OK):
+            pytest.skip("chmod does not stop this user (root) from reading")
+        options = ["--dataset", "mnist", "--data-dir", str(data), "--out", str(tmp_path / "o")]
+        result = runner.invoke(app, [*TINY_DEEP, *options])
+        one_line_error(result)
+    finally:
+        data.chmod(0o700)
+
+
+def test_a_folder_in_place_of_a_synthetic_checkpoint_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "out" / "checkpoints" / "fig1" / "gridblock-p0.5.npz"
+    folder.mkdir(parents=True)
+    result = runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path / "out")])
+    one_line_error(result, str(folder), "remove it")
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["resume", "force"])
+def test_a_folder_in_place_of_a_deep_checkpoint_is_one_line(
+    tmp_path: Path, force: list[str]
+) -> None:
+    folder = tmp_path / "out" / "checkpoints" / "fig2.pt"
+    folder.mkdir(parents=True)
+    result = runner.invoke(app, [*TINY_DEEP, *force, "--out", str(tmp_path / "out")])
+    one_line_error(result, str(folder), "remove it")
+    assert "choose a file path" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "name", "phrase"),
+    [
+        ("--seed", "18446744073709551616", "seed", "2**63"),
+        ("--checkpoint-every", "inf", "checkpoint-every", "finite"),
+        ("--image-size", "1000000", "image_size", "1024"),
+        ("--width", "1000000000000", "width", str(2**20)),
+    ],
+)
+def test_out_of_bounds_deep_options_are_one_line(
+    tmp_path: Path, option: str, value: str, name: str, phrase: str
+) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*TINY_DEEP, option, value, "--out", str(out)])
+    one_line_error(result, name, phrase)
+    assert not out.exists()
+
+
+def test_an_out_of_bounds_synthetic_seed_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*QUICK_FIG1, "--seed", str(2**64), "--out", str(out)])
+    one_line_error(result, "--seed", "2**63")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")
+def test_a_failed_deep_run_leaves_no_empty_out_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*TINY_DEEP, "--device", "cuda", "--out", str(out)])
+    one_line_error(result, "cuda")
+    assert not out.exists()
+    data = tmp_path / "no-data"
+    data.mkdir()
+    result = runner.invoke(
+        app, [*TINY_DEEP, "--dataset", "cifar10", "--data-dir", str(data), "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert not out.exists()
+
+
+def test_sigterm_while_deep_starts_says_interrupted(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "structdrop", *TINY_DEEP, "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.8)  # the command has started; torch is still importing
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "interrupted: rerun the same command to resume from the checkpoint"
+    ], err

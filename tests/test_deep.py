@@ -349,7 +349,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
         ({"train_size": -3}, ValueError, "train_size must be >= 1"),
         ({"lr": 0.0}, ValueError, "lr must be > 0"),
         ({"warmup": 1.0}, ValueError, r"warmup must be in \[0, 1\)"),
-        ({"seed": -1}, ValueError, "seed must be a finite number >= 0"),
+        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*63\), got -1"),
         ({"eval_every": 1.5}, TypeError, "eval_every must be an integer"),
     ],
 )

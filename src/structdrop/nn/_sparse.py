@@ -172,10 +172,20 @@ def _block_mask(
 def _scale_and_fill(
     input: Tensor, scale: Tensor, index: Tensor, strides: tuple[int, ...]
 ) -> Tensor:
-    """``input * scale`` in a new tensor of the given (dense) strides, zero at storage ``index``."""
+    """``input * scale`` in a new tensor of the given (dense) strides, ``input * 0`` at storage
+    ``index``: a dropped unit is the input times the mask's zero, as on the dense sampler (and
+    in ``torch.nn.Dropout``), so that a NaN or an infinity there gives NaN, not zero."""
     output = torch.empty_strided(input.shape, strides, dtype=input.dtype, device=input.device)
     torch.mul(input, scale, out=output)
-    output.as_strided((output.numel(),), (1,)).index_fill_(0, index, 0)
+    if tuple(input.stride()) == tuple(strides):
+        source = input.as_strided((input.numel(),), (1,))
+    else:
+        source = torch.empty_strided(
+            input.shape, strides, dtype=input.dtype, device=input.device
+        ).copy_(input)
+        source = source.as_strided((source.numel(),), (1,))
+    dropped = source.index_select(0, index).mul_(0)
+    output.as_strided((output.numel(),), (1,)).index_copy_(0, index, dropped)
     return output
 
 

