@@ -498,7 +498,9 @@ def test_sigterm_while_deep_starts_says_interrupted(tmp_path: Path) -> None:
     time.sleep(0.8)  # the command has started; torch is still importing
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    # 130, or death by SIGINT when the interrupt is raised again while the half-imported
+    # modules are torn down: a shell reports both as 130
+    assert process.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
         "interrupted: rerun the same command to resume from the checkpoint"
