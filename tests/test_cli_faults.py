@@ -55,8 +55,9 @@ def test_two_quick_runs_write_the_same_bytes(tmp_path: Path) -> None:
     assert sd.Scheme.from_dict(data["run"]["scheme"]) == sd.GridBlock(0.5, 5)
 
 
-def test_a_figure_of_another_configuration_is_recomputed(tmp_path: Path) -> None:
-    """The figure cache compares every setting, not only the mode and the seed."""
+def test_a_figure_of_another_configuration_is_refused_then_recomputed(tmp_path: Path) -> None:
+    """The figure cache compares every setting, not only the mode and the seed: other settings
+    are refused (their results would be lost) and recomputed with --force."""
     base = dataclasses.replace(synthetic.Config(), n_jobs=1)
     assert synthetic.run(["fig1"], tmp_path, quick=True, config=base) == {"fig1": "done"}
     again = synthetic.run(
@@ -64,7 +65,11 @@ def test_a_figure_of_another_configuration_is_recomputed(tmp_path: Path) -> None
     )
     assert again == {"fig1": "skipped"}  # processes do not change the numbers
     other = dataclasses.replace(base, lr_factor=2.0)
-    assert synthetic.run(["fig1"], tmp_path, quick=True, config=other) == {"fig1": "done"}
+    with pytest.raises(ValueError, match="--force"):
+        synthetic.run(["fig1"], tmp_path, quick=True, config=other)
+    assert json.loads((tmp_path / "fig1.json").read_text())["config"]["lr_factor"] == 3.0
+    forced = synthetic.run(["fig1"], tmp_path, quick=True, config=other, force=True)
+    assert forced == {"fig1": "done"}
     assert json.loads((tmp_path / "fig1.json").read_text())["config"]["lr_factor"] == 2.0
 
 

@@ -412,3 +412,94 @@ def test_the_model_draws_the_law_on_units() -> None:
     config = tiny(scheme="dropconnect", p=0.3)
     assert deep.build_model(config, 10).dropout.scheme == sd.Bernoulli(0.3)
     assert deep.make_scheme(config) == sd.DropConnect(0.3)
+
+
+# --------------------------------------------------------------------------------------------
+# Results of other settings or data, and leftovers of a finished run
+# --------------------------------------------------------------------------------------------
+def _cli_deep(out: Path, *args: str):
+    from typer.testing import CliRunner
+
+    from structdrop.cli import app
+
+    return CliRunner().invoke(
+        app, ["reproduce", "deep", "--trunk", "tiny", *args, "--out", str(out)]
+    )
+
+
+def test_results_of_other_settings_are_refused_unless_forced(tmp_path: Path) -> None:
+    first = _cli_deep(tmp_path, "--quick", "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "fig2.json").read_bytes()
+    refused = _cli_deep(tmp_path, "--quick")
+    assert refused.exit_code == 2, refused.output
+    lines = refused.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--force" in lines[0]
+    assert "epochs" in lines[0]
+    assert (tmp_path / "fig2.json").read_bytes() == before
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
+    forced = _cli_deep(tmp_path, "--quick", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((tmp_path / "fig2.json").read_text())["config"]["epochs"] == 2
+    assert _cli_deep(tmp_path, "--quick").exit_code == 0  # same settings: skipped
+
+
+def test_the_data_source_is_part_of_the_identity(tmp_path: Path) -> None:
+    from structdrop.experiments.deep import config as deep_config
+    from structdrop.experiments.deep.data import expected_files
+
+    assert deep_config.data_source(tiny()) is None
+    assert deep_config.run_identity(tiny()) == tiny().identity()
+    config = tiny(dataset="mnist", data_dir=str(tmp_path))
+    for path in expected_files("mnist", tmp_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"one")
+    source = deep_config.data_source(config)
+    assert source is not None and source["loader"] == "torchvision"
+    assert len(source["files"]) == 4
+    assert deep_config.run_identity(config)["data_source"] == source
+    expected_files("mnist", tmp_path)[0].write_bytes(b"other bytes")
+    assert deep_config.data_source(config) != source
+    expected_files("mnist", tmp_path)[0].unlink()
+    assert deep_config.data_source(config)["loader"] != "torchvision"
+
+
+def test_results_and_checkpoints_of_other_data_are_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structdrop.experiments.deep import checkpoint as deep_checkpoint
+    from structdrop.experiments.deep import experiment
+
+    config = tiny(epochs=1)
+    deep.run_deep(config, tmp_path, progress=False)
+    before = (tmp_path / "fig2.json").read_bytes()
+    other = {"loader": "torchvision", "files": []}
+    monkeypatch.setattr(experiment, "data_source", lambda config: other)
+    with pytest.raises(ValueError, match=r"other data.*--force"):
+        deep.run_deep(config, tmp_path, progress=False)
+    assert (tmp_path / "fig2.json").read_bytes() == before
+    # a checkpoint records the source, and one of another source is refused
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(deep.Interrupted):
+        deep.train(tiny(), checkpoint=checkpoint, interrupt_after=1)
+    monkeypatch.setattr(
+        deep_checkpoint, "run_identity", lambda config: {**config.identity(), "data_source": other}
+    )
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        deep.train(tiny(), checkpoint=checkpoint)
+
+
+def test_a_finished_run_drops_leftover_checkpoints_and_writes_nothing_else(
+    tmp_path: Path,
+) -> None:
+    config = tiny(epochs=1)
+    deep.run_deep(config, tmp_path, progress=False)
+    (tmp_path / "timings.json").unlink()  # killed before the timings and the cleanup
+    leftover = tmp_path / "checkpoints" / "fig2.pt"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"state")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    deep.run_deep(config, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert after == before

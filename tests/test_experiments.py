@@ -204,7 +204,9 @@ def test_run_skips_finished_figures_unless_forced(tmp_path: Path) -> None:
     first = (tmp_path / "gap.json").read_text()
     assert synthetic.run(["gap"], tmp_path, config=config) == {"gap": "skipped"}
     assert (tmp_path / "gap.json").read_text() == first
-    assert synthetic.run(["gap"], tmp_path, config=config, seed=1) == {"gap": "done"}  # stale
+    with pytest.raises(_io.InputError, match="--force"):  # other settings: results kept
+        synthetic.run(["gap"], tmp_path, config=config, seed=1)
+    assert (tmp_path / "gap.json").read_text() == first
     assert synthetic.run(["gap"], tmp_path, config=config, seed=1, force=True) == {"gap": "done"}
 
 

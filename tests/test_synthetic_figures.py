@@ -217,16 +217,69 @@ def test_a_figure_of_other_settings_is_not_done(made: Path, change: dict[str, An
 
 
 def test_a_figure_of_another_seed_is_recomputed_not_skipped(made: Path, tmp_path: Path) -> None:
-    """A folder holding seed 0's figure: a run with seed 1 computes its own (other data, other
-    numbers), and a run with seed 0 afterwards recomputes seed 0's, to the same bytes."""
+    """A folder holding seed 0's figure: a run with seed 1 (replacing it, --force) computes its
+    own (other data, other numbers), and a run with seed 0 afterwards recomputes seed 0's, to
+    the same bytes."""
     shutil.copytree(made, tmp_path, dirs_exist_ok=True)
     path = tmp_path / "gap.json"
-    assert synthetic.run(["gap"], tmp_path, seed=1, config=SMALL) == {"gap": "done"}
+    assert synthetic.run(["gap"], tmp_path, seed=1, config=SMALL, force=True) == {"gap": "done"}
     seeded = json.loads(path.read_text())
     assert seeded["config"]["seed"] == 1
     first = json.loads((made / "gap.json").read_text())
     assert first["config"]["seed"] == 0
     assert seeded["runs"] != first["runs"]
     assert synthetic.run(["gap"], tmp_path, seed=1, config=SMALL) == {"gap": "skipped"}
-    assert synthetic.run(["gap"], tmp_path, seed=0, config=SMALL) == {"gap": "done"}
+    assert synthetic.run(["gap"], tmp_path, seed=0, config=SMALL, force=True) == {"gap": "done"}
     assert path.read_bytes() == (made / "gap.json").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# Results of other settings, and leftovers of a finished figure
+# ------------------------------------------------------------------------------------------------
+def test_a_figure_of_other_settings_is_refused_unless_forced(made: Path, tmp_path: Path) -> None:
+    shutil.copytree(made, tmp_path, dirs_exist_ok=True)
+    before = (tmp_path / "gap.json").read_bytes()
+    with pytest.raises(_io.InputError, match=r"seed.*--force"):
+        synthetic.run(["gap"], tmp_path, seed=1, config=SMALL)
+    assert (tmp_path / "gap.json").read_bytes() == before
+    assert not (tmp_path / "checkpoints").exists()
+    assert synthetic.run(["gap"], tmp_path, seed=1, force=True, config=SMALL) == {"gap": "done"}
+    assert json.loads((tmp_path / "gap.json").read_text())["config"]["seed"] == 1
+
+
+def test_the_cli_refuses_another_seed_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from structdrop.cli import app
+
+    (tmp_path / "fig1.json").write_text(
+        json.dumps(
+            {
+                "figure": "fig1",
+                "config": {"seed": 5},
+                "run": {"scheme": sd.Bernoulli(0.5).to_dict()},
+            }
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["reproduce", "synthetic", "--quick", "--figure", "fig1", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--force" in lines[0]
+    assert not (tmp_path / "fig1.png").exists()
+
+
+def test_a_finished_figure_drops_leftover_checkpoints_and_writes_nothing_else(
+    made: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(made, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "timings.json").unlink()  # killed before the timings and the cleanup
+    leftover = tmp_path / "checkpoints" / "gap" / "state.npz"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"state")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert synthetic.run(PAIR, tmp_path, config=SMALL) == {"fig3": "skipped", "gap": "skipped"}
+    assert not (tmp_path / "checkpoints").exists()
+    after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    assert after == before

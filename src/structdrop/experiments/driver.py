@@ -2,9 +2,10 @@
 atomically, keep checkpoints while a figure runs and drop them once it is written.
 
 A figure is done when its JSON exists, was made with the same settings and names every run's
-mask law by identity; anything else is recomputed (a file that is not a structdrop figure is
-not overwritten without ``force``). Timings go to ``timings.json``, never into a figure's data:
-the same seed gives the same bytes.
+mask law by identity; its leftover checkpoints, if any, are then removed. A figure of other
+settings, or a file that is not a structdrop figure, is not overwritten without ``force``; one
+written in a format without the laws' identities is recomputed. Timings go to
+``timings.json``, never into a figure's data: the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from .config import Config
 from .figures import FIGURES, check_figures, read_current
 from .runs import single_thread
 
-__all__ = ["check_outputs", "discard_checkpoints", "is_done", "run", "run_figure"]
+__all__ = [
+    "check_outputs",
+    "check_settings",
+    "discard_checkpoints",
+    "is_done",
+    "run",
+    "run_figure",
+]
 
 
 def is_done(out: Path, name: str, config: Config) -> bool:
@@ -54,6 +62,32 @@ def check_outputs(out: Path, names: Sequence[str], force: bool) -> None:
             raise _io.InputError(
                 f"{error}; move it away, choose another --out, or overwrite it with --force"
             ) from None
+
+
+def check_settings(out: Path, names: Sequence[str], config: Config, force: bool) -> None:
+    """Refuse to replace a finished figure made with other settings, unless ``force``: the
+    results of another seed, scale or drop rate are not overwritten without a word.
+
+    Raises:
+        InputError: ``<out>/<figure>.json`` holds a figure of other settings.
+    """
+    if force:
+        return
+    wanted = _io.normalized(config.identity())
+    for name in names:
+        path = Path(out) / f"{name}.json"
+        made = read_current(path, name)
+        if made is None or made["config"] == wanted:
+            continue
+        changed = sorted(
+            key
+            for key in set(made["config"]) | set(wanted)
+            if made["config"].get(key) != wanted.get(key)
+        )
+        raise _io.InputError(
+            f"{path} holds results of other settings ({', '.join(changed)} differ); choose "
+            "another --out, or replace them with --force"
+        )
 
 
 def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> dict[str, Any]:
@@ -123,11 +157,14 @@ def run(
         base = base.quick_version()
     out = Path(out)
     check_outputs(out, names, force)
+    check_settings(out, names, base, force)
     status: dict[str, str] = {}
     for name in names:
         if force:
             discard_checkpoints(out, name)
         elif is_done(out, name, base):
+            # a run killed after the JSON was written may have left them
+            discard_checkpoints(out, name)
             status[name] = "skipped"
             if report is not None:
                 report(name, "skipped", None)

