@@ -280,3 +280,18 @@ def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def gradcheck_optimum(X, Y, scheme, width, field, reduce=None) -> None:
+    """Central finite differences (float64, eps 1e-6: truncation and rounding ~1e-9) against the
+    autograd of ``global_minimum(X, Y, scheme, width).<field>`` (reduced by ``reduce``)."""
+    import torch
+
+    import structdrop as sd
+
+    def function(X, Y):
+        out = getattr(sd.global_minimum(X, Y, scheme, width), field)
+        return out if reduce is None else reduce(out)
+
+    inputs = (torch.tensor(X, requires_grad=True), torch.tensor(Y, requires_grad=True))
+    assert torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)

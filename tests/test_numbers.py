@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import structdrop as sd
-from oracles import as_numpy
+from oracles import as_numpy, gradcheck_optimum
 from structdrop import nn as sdnn
 from structdrop.linear import fit_sgd
 from structdrop.nn import functional as F
@@ -413,16 +413,6 @@ FIELDS = [
 ]
 
 
-def _gradcheck(X, Y, scheme, width, field, reduce=None):
-    def function(X, Y):
-        out = getattr(sd.global_minimum(X, Y, scheme, width), field)
-        return out if reduce is None else reduce(out)
-
-    inputs = (torch.tensor(X, requires_grad=True), torch.tensor(Y, requires_grad=True))
-    # float64 central differences, eps 1e-6: truncation and rounding ~1e-9 here.
-    assert torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-
-
 def _well_separated():
     rng = np.random.default_rng(0)
     return rng.standard_normal((3, 5)), 3.0 * rng.standard_normal((4, 5))
@@ -436,7 +426,7 @@ def _well_separated():
 @pytest.mark.parametrize("field", FIELDS)
 def test_global_minimum_gradients_match_finite_differences(field, scheme, width):
     X, Y = _well_separated()
-    _gradcheck(X, Y, scheme, width, field)
+    gradcheck_optimum(X, Y, scheme, width, field)
 
 
 @pytest.mark.parametrize(
@@ -455,8 +445,8 @@ def test_gradients_are_right_at_repeated_singular_values(sv, scheme, width):
     Y = q1[:, :3] @ np.diag(sv) @ q2[:3]  # rank 3 of 4: a zero singular value too
     X = rng.standard_normal((5, 5))
     for field in ("prediction", "weights", "value"):
-        _gradcheck(X, Y, scheme, width, field)
-    _gradcheck(X, Y, scheme, width, "singular_values", reduce=lambda x: (x * x).sum())
+        gradcheck_optimum(X, Y, scheme, width, field)
+    gradcheck_optimum(X, Y, scheme, width, "singular_values", reduce=lambda x: (x * x).sum())
 
 
 def test_value_gradient_is_danskins_and_values_equal_numpy():

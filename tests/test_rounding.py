@@ -22,6 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import structdrop as sd
+from oracles import gradcheck_optimum
 from structdrop.ksupport import TIE_RTOL
 
 
@@ -87,16 +88,6 @@ def test_a_nudge_of_a_few_ulps_changes_no_decision_and_no_derivative(case):
         np.testing.assert_allclose(gy, ref_gy, rtol=0, atol=1e-6 * largest)
 
 
-def _gradcheck(X, Y, scheme, width, field, reduce=None):
-    def function(X, Y):
-        out = getattr(sd.global_minimum(X, Y, scheme, width), field)
-        return out if reduce is None else reduce(out)
-
-    inputs = (torch.tensor(X, requires_grad=True), torch.tensor(Y, requires_grad=True))
-    # float64 central differences, eps 1e-6: truncation and rounding ~1e-9 here.
-    assert torch.autograd.gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
-
-
 @pytest.mark.parametrize("case", [c for c in DEGENERATE if not c.startswith("kink")])
 @pytest.mark.parametrize("shape", [(4, 5), (4, 3)], ids=["X 5x5", "X 3x5"])
 def test_gradients_at_ties_and_zeros_match_finite_differences(case, shape):
@@ -108,7 +99,7 @@ def test_gradients_at_ties_and_zeros_match_finite_differences(case, shape):
     sv, scheme, width = DEGENERATE[case]
     X, Y = _problem(sv, *shape)
     for field in ("prediction", "weights", "value"):
-        _gradcheck(X, Y, scheme, width, field)
+        gradcheck_optimum(X, Y, scheme, width, field)
 
 
 def test_at_a_kink_the_derivative_is_that_of_the_larger_tau_side():

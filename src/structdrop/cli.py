@@ -109,6 +109,19 @@ def _remove_if_empty(out: Path, existed: bool) -> None:
         pass
 
 
+def _interruptible(run: Callable[[], None], out: Path, checkpoints: str) -> None:
+    """``run()`` with SIGTERM unwinding like Ctrl-C, installed before ``run`` imports anything
+    heavy: an interrupt removes what stopped writers left under ``out`` and exits 130."""
+    _terminate_gracefully()
+    try:
+        run()
+    except KeyboardInterrupt:
+        remove_stale_temporaries_under(out)  # what stopped workers were writing
+        message = f"interrupted: rerun the same command to resume from the {checkpoints}"
+        typer.echo(message, err=True)
+        raise typer.Exit(code=130) from None
+
+
 @reproduce.command("synthetic")
 def synthetic_command(
     figure: Annotated[
@@ -133,13 +146,7 @@ def synthetic_command(
     Writes <out>/<figure>.png, <out>/<figure>.json and <out>/REPORT.md. Finished figures are
     skipped unless --force; an interrupted run resumes from its checkpoints.
     """
-    _terminate_gracefully()  # before the imports, which take a while
-    try:
-        _synthetic(figure, quick, out, seed, force)
-    except KeyboardInterrupt:
-        remove_stale_temporaries_under(out)  # what stopped workers were writing
-        typer.echo("interrupted: rerun the same command to resume from the checkpoints", err=True)
-        raise typer.Exit(code=130) from None
+    _interruptible(lambda: _synthetic(figure, quick, out, seed, force), out, "checkpoints")
 
 
 def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, force: bool) -> None:
@@ -289,13 +296,11 @@ def deep_command(
     ] = CHECKPOINT_EVERY,
     **options: Any,
 ) -> None:
-    _terminate_gracefully()  # before the imports, which take a while (torch)
-    try:
-        _deep(quick, out, force, download, progress, checkpoint_every, options)
-    except KeyboardInterrupt:
-        remove_stale_temporaries_under(out)
-        typer.echo("interrupted: rerun the same command to resume from the checkpoint", err=True)
-        raise typer.Exit(code=130) from None
+    _interruptible(
+        lambda: _deep(quick, out, force, download, progress, checkpoint_every, options),
+        out,
+        "checkpoint",
+    )
 
 
 def _deep(
