@@ -103,7 +103,7 @@ def _ours(device: str) -> dict[str, Layer]:
         "ours (independent, clipped)": lambda x: drop_block2d(x, P, BLOCK, boundary="clipped"),
         "ours (shared channels)": lambda x: drop_block2d(x, P, BLOCK, shared_channels=True),
     }
-    if device == "cpu":  # the sync-free sampler that accelerators and torch.compile use
+    if device == "cpu":  # the sync-free sampler that accelerators use
         ours["ours (independent, dense)"] = lambda x: drop_block2d(x, P, BLOCK, method="dense")
     return ours
 

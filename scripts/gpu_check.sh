@@ -8,12 +8,15 @@
 # layers (each under its own time limit, printing wall times):
 #   1. the CUDA-only tests of tests/test_nn_compile.py: every layer's forward + backward without
 #      a host sync (torch.cuda.set_sync_debug_mode("error")), capture and replay in a
-#      torch.cuda.CUDAGraph, torch.compile(mode="reduce-overhead"), the dense sampler's law;
+#      torch.cuda.CUDAGraph (not DropBlock: its seed comes from the host),
+#      torch.compile(mode="reduce-overhead"), the dense sampler's law;
 #      with pytest when it imports (--noconftest: no Hypothesis needed), else a small runner
 #   2. benchmarks/bench_layers.py --device cuda: forward + backward, float32 and bfloat16,
 #      (32, 256, 14, 14), (32, 64, 56, 56), (128, 256, 28, 28), block 7, p = 0.1, ours against
 #      torchvision, timm and F.dropout, eager and compiled; every goal printed with ok / miss
 #      (COMPILED=all also compiles at every shape, about a minute more)
+#   3. benchmarks/bench_models.py --device cuda: a training step of timm's and torchvision's
+#      ResNets with DropBlock, converted against original, eager and compiled (ratios, goals)
 # fig2:
 #   0. the core API on CUDA tensors (objectives, optimum, k-support prox: same kind out)
 #   1. benchmarks/bench_deep.py --device cuda       (step time with / without the dropout)
@@ -126,6 +129,7 @@ if [ "$PART" != fig2 ]; then
     --compiled-shapes "${COMPILED:-goal}"
   echo "goals (also in $DEST/bench_layers.log):"
   grep -E '\| (ok|miss) \|$' "$DEST/bench_layers.log" || echo "no goal lines: see the log"
+  TAIL=60 run bench_models 300 "$PY" benchmarks/bench_models.py --device cuda
 fi
 
 # ------------------------------------------------------------------------------------------------

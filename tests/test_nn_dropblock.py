@@ -1,4 +1,4 @@
-"""Sliding DropBlock (structdrop.nn._dropblock): exact mask laws, scaling, options, edge cases.
+"""Sliding DropBlock (structdrop.nn.dropblock): exact mask laws, scaling, options, edge cases.
 
 Monte Carlo checks compare empirical frequencies of 0/1 events with their exact probabilities
 through a normal z-bound ``|freq - prob| <= Z * sqrt(prob (1 - prob) / n) + 1e-12``. With
@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 import structdrop as sd
 from structdrop._validation import check_block_sizes
-from structdrop.nn import _dropblock as db
-from structdrop.nn import _sparse
-from structdrop.nn._dropblock import (
+from structdrop.nn import dropblock as db
+from structdrop.nn.dropblock import sparse as _sparse
+from structdrop.nn.dropblock.functional import (
     drop_block,
     drop_block1d,
     drop_block2d,

@@ -72,30 +72,13 @@ def test_dropblock_eval_and_zero_rate_are_identities(cls, name, shape):
 def test_dropblock_modules_call_through_with_their_options(cls, name, shape, monkeypatch):
     calls = []
 
-    def recording(input, p, block_size, inplace, eps, training, **options):
-        options.update(inplace=inplace, eps=eps, training=training)
-        calls.append((input, p, block_size, options))
+    def recording(input, p, options, training, generator):
+        calls.append((input, p, options, training, generator))
         return input
 
-    monkeypatch.setattr(sdmodules, name, recording)
+    monkeypatch.setattr(sdmodules, "drop_block_masked", recording)
     gen, other = seeded(0), seeded(1)
     block = (2,) * len(shape[2:])
-    layer = cls(
-        0.25,
-        block,
-        boundary="clipped",
-        gamma="interior",
-        scale="batch",
-        shared_channels=True,
-        batchwise=False,
-        inplace=True,
-        eps=0.5,
-        method="dense",
-        generator=gen,
-    )
-    x = torch.randn(shape)
-    layer(x)
-    layer.eval()(x, generator=other)
     options = {
         "boundary": "clipped",
         "gamma": "interior",
@@ -106,9 +89,16 @@ def test_dropblock_modules_call_through_with_their_options(cls, name, shape, mon
         "eps": 0.5,
         "method": "dense",
     }
-    assert calls[0][:3] == (x, 0.25, block)
-    assert calls[0][3] == {**options, "training": True, "generator": gen}
-    assert calls[1][3] == {**options, "training": False, "generator": other}
+    layer = cls(0.25, block, generator=gen, **options)
+    x = torch.randn(shape)
+    layer(x)
+    layer.eval()(x, generator=other)
+    spec = calls[0][2]
+    assert calls[0][:2] == (x, 0.25) and spec.block_size == block
+    assert {name: getattr(spec, name) for name in options} == options
+    assert spec.spatial_dims == len(shape) - 2
+    assert calls[0][3:] == (True, gen)
+    assert calls[1][2] is spec and calls[1][3:] == (False, other)
 
 
 def test_dropblock_modules_reject_bad_options():
@@ -233,7 +223,7 @@ def test_torch_fx_traces_each_layer():
         (sdnn.BlockDropout(0.3, 2), F.block_dropout),
         (sdnn.StructuredDropout(sd.GridBlock(0.2, 2)), F.structured_dropout),
         (sdnn.DropConnectLinear(6, 4, 0.2), F.dropconnect_linear),
-        (sdnn.DropBlock1d(0.2, 3), sdnn.functional.drop_block1d),
+        (sdnn.DropBlock1d(0.2, 3), sdnn.dropblock.drop_block_masked),
     ):
         graph = torch.fx.symbolic_trace(layer).graph
         functions = [node.target for node in graph.nodes if node.op == "call_function"]

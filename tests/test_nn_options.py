@@ -1,6 +1,6 @@
-"""The DropBlock options shared by the functions, the modules and convert_dropblock: the window
-``boundary`` (the mask laws' name, ``structdrop.SlidingBlock(..., boundary=...)``) and its
-deprecated name ``placement``, still accepted with a DeprecationWarning.
+"""The DropBlock options shared by the functions, the modules and convert_dropblock: one frozen,
+validated spec (``DropBlockOptions``); the window ``boundary`` is the mask laws' name
+(``structdrop.SlidingBlock(..., boundary=...)``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import structdrop as sd
 from nn_oracles import seeded
 from structdrop import nn as sdnn
 from structdrop.nn import functional as F
-from structdrop.nn._options import BOUNDARIES, GAMMA_RULES, SCALES
-
-DEPRECATED = r"placement is deprecated .* use boundary"
+from structdrop.nn.dropblock import BOUNDARIES, GAMMA_RULES, SCALES, DropBlockOptions
 
 # name -> (call with options, input shape)
 FUNCTIONS = {
@@ -42,31 +40,18 @@ def test_the_layers_boundaries_are_the_laws_with_a_border():
     assert SCALES == ("expected", "batch")
 
 
-@pytest.mark.parametrize("name", list(FUNCTIONS))
-def test_placement_keyword_warns_and_gives_the_same_output(name):
-    call, shape = FUNCTIONS[name]
-    x = torch.randn(shape, generator=seeded(1))
-    with pytest.warns(DeprecationWarning, match=DEPRECATED) as record:
-        old = call(x, placement="clipped")
-    assert record[0].filename == __file__  # the warning points at the caller
-    assert torch.equal(old, call(x, boundary="clipped"))
-    assert not torch.equal(old, call(x, boundary="valid"))  # the value is used, not dropped
-    with pytest.raises(TypeError, match=r"both boundary='clipped' and placement='valid'"):
-        call(x, boundary="clipped", placement="valid")
-
-
-def test_placement_keyword_of_the_rate_functions():
-    with pytest.warns(DeprecationWarning, match=DEPRECATED):
-        gamma = F.window_drop_prob(0.2, 3, (8, 7), placement="clipped", rule="mean")
-    assert gamma == F.window_drop_prob(0.2, 3, (8, 7), "clipped", "mean")
-    assert gamma != F.window_drop_prob(0.2, 3, (8, 7), "valid", "mean")
-    with pytest.warns(DeprecationWarning, match=DEPRECATED):
-        mu = F.drop_block_keep_prob((8, 7), 3, placement="clipped", gamma=0.1)
-    assert torch.equal(mu, F.drop_block_keep_prob((8, 7), 3, boundary="clipped", gamma=0.1))
-    with pytest.raises(TypeError, match="both boundary"):
-        F.window_drop_prob(0.2, 3, (8, 7), boundary="valid", placement="clipped")
-    with pytest.raises(TypeError, match=r"both boundary \(by position\) and placement='clipped'"):
-        F.drop_block_keep_prob((8, 7), 3, "valid", 0.1, placement="clipped")
+def test_the_spec_is_validated_once_and_frozen():
+    spec = DropBlockOptions.make([3, 2], 2, boundary="clipped", gamma=0.25, method="dense")
+    assert spec.block_size == (3, 2) and spec.spatial_dims == 2
+    assert (spec.boundary, spec.gamma, spec.method) == ("clipped", 0.25, "dense")
+    with pytest.raises(AttributeError):
+        spec.boundary = "valid"
+    with pytest.raises(ValueError, match=r"boundary must be one of .* got .ring."):
+        DropBlockOptions.make(3, 2, boundary="ring")
+    with pytest.raises(ValueError, match=r"sequence of 2 ints .* got \(3, 2, 1\)"):
+        DropBlockOptions.make((3, 2, 1), 2)
+    with pytest.raises(TypeError, match=r"unknown DropBlock options \['placement'\]"):
+        DropBlockOptions.make(3, 2, placement="clipped")
 
 
 @pytest.mark.parametrize(
@@ -78,43 +63,50 @@ def test_placement_keyword_of_the_rate_functions():
     ],
     ids=["1d", "2d", "3d"],
 )
-def test_placement_keyword_and_attribute_of_the_modules(cls, shape):
+def test_a_layers_options_are_its_spec_and_setting_one_validates_it(cls, shape):
+    layer = cls(0.3, 2, boundary="clipped", gamma="interior", shared_channels=True)
+    assert layer.options == DropBlockOptions.make(
+        2, cls._spatial_dims, boundary="clipped", gamma="interior", shared_channels=True
+    )
     x = torch.randn(shape, generator=seeded(2))
-    with pytest.warns(DeprecationWarning, match=DEPRECATED) as record:
-        old = cls(0.3, 2, placement="clipped")
-    assert record[0].filename == __file__
-    new = cls(0.3, 2, boundary="clipped")
-    assert old.boundary == "clipped"
-    assert repr(old) == repr(new)
-    assert "boundary='clipped'" in repr(old) and "placement" not in repr(old)
-    assert torch.equal(old(x, generator=seeded(3)), new(x, generator=seeded(3)))
-    with pytest.raises(TypeError, match=rf"{cls.__name__} got both boundary"):
-        cls(0.3, 2, boundary="valid", placement="clipped")
-
-    with pytest.warns(DeprecationWarning, match=DEPRECATED):
-        assert new.placement == "clipped"
-    with pytest.warns(DeprecationWarning, match=DEPRECATED):
-        new.placement = "valid"
-    assert new.boundary == "valid"
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="boundary must be"):
-        new.placement = "ring"
-    assert new.boundary == "valid"
+    before = layer(x, generator=seeded(3))
+    layer.boundary = "valid"
+    assert layer.options.boundary == "valid" and "boundary='valid'" in repr(layer)
+    after = layer(x, generator=seeded(3))
+    assert not torch.equal(before, after)  # the new value is used
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        layer.boundary = "ring"
+    assert layer.boundary == "valid"  # a refused value leaves the spec as it was
+    with pytest.raises(ValueError, match="p must be in"):
+        layer.p = 1.5
+    assert layer.p == 0.3
+    with pytest.raises(TypeError, match="placement"):
+        cls(0.3, 2, placement="clipped")
 
 
-def test_a_layer_pickled_with_the_deprecated_attribute_loads():
-    layer = sdnn.DropBlock2d(0.3, 3, boundary="clipped")
-    state = dict(layer.__dict__)
-    state["placement"] = state.pop("boundary")
-    loaded = sdnn.DropBlock2d.__new__(sdnn.DropBlock2d)
-    loaded.__setstate__(state)
-    assert loaded.boundary == "clipped" and "placement" not in loaded.__dict__
-    x = torch.randn(2, 3, 7, 6)
-    assert torch.equal(loaded(x, generator=seeded(4)), layer(x, generator=seeded(4)))
+def test_a_pickled_layer_keeps_its_options_and_rate():
+    layer = sdnn.DropBlock2d(0.3, (3, 2), boundary="clipped", gamma=0.1, scale="batch", eps=0.5)
     again = pickle.loads(pickle.dumps(layer))
-    assert again.boundary == "clipped" and repr(again) == repr(layer)
+    assert again.options == layer.options and again.p == 0.3 and repr(again) == repr(layer)
+    x = torch.randn(2, 3, 7, 6)
+    assert torch.equal(again(x, generator=seeded(4)), layer(x, generator=seeded(4)))
 
 
-def test_the_current_names_do_not_warn():
+def test_the_functions_validate_their_options():
+    x = torch.randn(2, 3, 7, 6)
+    for _name, (call, shape) in FUNCTIONS.items():
+        with pytest.raises(ValueError, match="boundary must be one of"):
+            call(torch.randn(shape), boundary="ring")
+        with pytest.raises(TypeError, match="placement"):
+            call(torch.randn(shape), placement="clipped")
+    with pytest.raises(ValueError, match=r"4-D tensor \(N, C, H, W\) for drop_block2d"):
+        F.drop_block2d(torch.randn(2, 3, 7), 0.3, 3)
+    with pytest.raises(TypeError, match="unknown options"):
+        sdnn.convert_dropblock(nn.Sequential(nn.ReLU()), placement="clipped")
+    assert F.drop_block2d(x, 0.0, 3) is x
+
+
+def test_the_names_do_not_warn():
     x = torch.randn(2, 3, 7, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -124,17 +116,6 @@ def test_the_current_names_do_not_warn():
         F.drop_block2d(x, 0.3, 3, boundary="valid")
         F.window_drop_prob(0.3, 3, (7, 6), "clipped")
         sdnn.convert_dropblock(nn.Sequential(nn.ReLU()), boundary="clipped")
-
-
-def test_placement_option_of_convert_dropblock():
-    torchvision_ops = pytest.importorskip("torchvision.ops")
-    model = nn.Sequential(torchvision_ops.DropBlock2d(0.1, 3))
-    with pytest.warns(DeprecationWarning, match=DEPRECATED) as record:
-        sdnn.convert_dropblock(model, placement="clipped")
-    assert record[0].filename == __file__
-    assert isinstance(model[0], sdnn.DropBlock2d) and model[0].boundary == "clipped"
-    with pytest.raises(TypeError, match="convert_dropblock got both boundary"):
-        sdnn.convert_dropblock(model, boundary="valid", placement="clipped")
 
 
 @pytest.mark.parametrize("flag", [True, False])

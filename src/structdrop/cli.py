@@ -346,10 +346,7 @@ def _deep(
         if "must be finite" not in str(error):
             raise
         _remove_if_empty(out, existed)
-        fail(
-            f"the run diverged (weights or loss not finite at --lr {config.lr:g}); "
-            "lower --lr"
-        )
+        fail(f"the run diverged (weights or loss not finite at --lr {config.lr:g}); lower --lr")
     if not procs.main:
         return
     gap = data.get("gap")

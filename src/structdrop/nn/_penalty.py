@@ -17,7 +17,7 @@ from torch import nn
 from .. import _validation as check
 from ..objectives import penalty
 from ..schemes import Scheme, check_scheme
-from ._tracing import host_constant, is_compiling, module_call
+from ._tracing import fx_leaf, host_constant, is_compiling
 
 __all__ = ["DropoutPenalty", "dropout_penalty"]
 
@@ -50,6 +50,7 @@ class DropoutPenalty(nn.Module):
         super().__init__()
         self.scheme = check_scheme(scheme)
 
+    @fx_leaf
     def forward(self, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``structdrop.penalty(weight, features.T, scheme)``.
 
@@ -61,10 +62,6 @@ class DropoutPenalty(nn.Module):
             The penalty, a 0-d tensor (float64 if either input is float64, else float32); a
             0-d meta tensor for meta inputs (shape propagation).
         """
-        if isinstance(features, torch.fx.Proxy):
-            node = module_call(self, weight, features)
-            if node is not None:
-                return node
         return dropout_penalty(weight, features, self.scheme)
 
     def extra_repr(self) -> str:

@@ -4,11 +4,11 @@
 Three rules keep every layer traceable by Dynamo with ``fullgraph=True`` and capturable in a
 CUDA graph:
 
-* Constants that depend only on shapes and options (window drop probabilities, exact keep
-  probabilities, characteristic matrices) are computed on the host with NumPy and cached. A
-  traced call must not step into that code (NumPy calls such as ``ndarray.setflags`` break the
-  trace), so each cache is reached through a function marked with :func:`host_constant`: Dynamo
-  calls it at trace time and bakes its result into the graph as a constant.
+* Constants that depend only on shapes and options (characteristic matrices, mask means) are
+  computed on the host with NumPy and cached. A traced call must not step into that code (NumPy
+  calls such as ``ndarray.setflags`` break the trace), so each cache is reached through a
+  function marked with :func:`host_constant`: Dynamo calls it at trace time and bakes its result
+  into the graph as a constant.
 * Device tensors of those constants are cached per device and dtype, so that after the first
   call no host-to-device copy (a synchronizing operation) happens; CUDA graphs are captured after
   a warm-up call, as usual.
@@ -16,12 +16,16 @@ CUDA graph:
   compiler's random number functionalization know how to replay); no value is read back to the
   host and no shape depends on a draw.
 
+DropBlock needs none of this: its mask is one operator (``dropblock/op.py``) whose host
+computations stay outside any graph.
+
 Under ``torch.fx.symbolic_trace`` a layer's input checks and control flow need real tensors, so
-each layer is one node of the traced graph (:func:`module_call`, :func:`fx_call`).
+each layer is one node of the traced graph (:func:`fx_leaf`, :func:`fx_call`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,17 +33,14 @@ import torch
 import torch.fx
 
 __all__ = [
-    "METHODS",
     "check_traceable_generator",
     "fx_call",
+    "fx_leaf",
     "host_constant",
     "is_compiling",
     "module_call",
     "static_sizes",
-    "use_dense",
 ]
-
-METHODS: tuple[str, ...] = ("auto", "sparse", "dense")
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
@@ -51,7 +52,10 @@ def host_constant(function: Function) -> Function:
     instead of tracing into it, and the result (a Python number or a tensor) becomes a constant
     of the graph, guarded by the arguments. The function must be a plain Python function.
     """
-    return torch.compiler.assume_constant_result(function)
+    # what torch.compiler.assume_constant_result does, without importing the compiler stack at
+    # import time (it would double the cost of ``import structdrop.nn``)
+    function._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return function
 
 
 def static_sizes(sizes: Any) -> tuple[int, ...]:
@@ -68,19 +72,6 @@ def static_sizes(sizes: Any) -> tuple[int, ...]:
 def is_compiling() -> bool:
     """Whether the call is being traced by Dynamo or ``torch.export``."""
     return torch.compiler.is_compiling()
-
-
-def use_dense(method: str, device: torch.device) -> bool:
-    """Whether to take the dense, sync-free path.
-
-    ``"auto"`` takes it on accelerators and whenever the call is traced (``torch.compile``,
-    ``torch.export``); CPU eager calls take the sparse path, which is faster there. An explicit
-    ``"sparse"`` or ``"dense"`` is obeyed (``"sparse"`` under ``torch.compile`` breaks the graph:
-    its number of dropped windows is random).
-    """
-    if method == "auto":
-        return device.type != "cpu" or is_compiling()
-    return method == "dense"
 
 
 GENERATOR_MESSAGE = (
@@ -131,3 +122,21 @@ def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return None
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     return proxy.tracer.create_proxy("call_module", path, args, kwargs)
+
+
+Forward = TypeVar("Forward", bound=Callable[..., Any])
+
+
+def fx_leaf(forward: Forward) -> Forward:
+    """A layer's ``forward`` that is one ``call_module`` node under ``torch.fx`` tracing (see
+    :func:`module_call`); a layer traced as the root module runs ``forward`` on the proxy."""
+
+    @functools.wraps(forward)
+    def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if any(isinstance(a, torch.fx.Proxy) for a in args):
+            node = module_call(self, *args, **kwargs)
+            if node is not None:
+                return node
+        return forward(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._options import OPTION_NAMES, take_placement
+from .dropblock import DropBlockOptions
 from .modules import DropBlock2d, DropBlock3d
 
 __all__ = ["convert_dropblock"]
 
 #: What ``convert_dropblock`` may set: the layer's arguments (``training`` is the module's mode).
-_OPTIONS = ("p", "block_size", *(name for name in OPTION_NAMES if name != "training"))
+_OPTIONS = ("p", "block_size", *DropBlockOptions._fields[1:-1], "generator")
 
 
 def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:
@@ -165,8 +165,7 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
         model: any module; a model without such layers comes back unchanged. A layer used
             twice (or under two names) is replaced by one new layer used at each place.
         **options: keyword arguments of :class:`~structdrop.nn.DropBlock2d` (also ``p`` and
-            ``block_size``) that override the mapping for every replaced layer; ``placement``
-            is the deprecated name of ``boundary``, accepted until the next release.
+            ``block_size``) that override the mapping for every replaced layer.
 
     Returns:
         ``model`` itself, or the replacement when ``model`` is itself such a layer.
@@ -183,7 +182,6 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    take_placement(options, "convert_dropblock")
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise TypeError(

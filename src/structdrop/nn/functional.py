@@ -7,8 +7,9 @@ input itself. Randomness comes from ``generator`` (a ``torch.Generator`` on the 
 or, when it is None, from torch's default generator; masks are made on the input's device.
 
 Every function traces under ``torch.compile(fullgraph=True)`` and ``torch.export`` and runs on
-accelerators without a host sync (see ``_tracing.py``), for every built-in mask law; a law
-defined elsewhere is sampled by its own NumPy sampler, which breaks the graph.
+accelerators without a host sync (see ``_tracing.py``, and ``dropblock/op.py`` for DropBlock),
+for every built-in mask law; a law defined elsewhere is sampled by its own NumPy sampler, which
+breaks the graph.
 
 Masks on units (:func:`structured_dropout`, :func:`block_dropout`, the sliding DropBlock of
 :func:`drop_block`) and masks on weights (:func:`dropconnect_linear`) are separate: a law whose
@@ -28,7 +29,11 @@ import torch.nn.functional as torch_functional
 
 from .. import _validation as check
 from ..schemes import Scheme, check_scheme
-from ._dropblock import (
+from ._dropconnect import PerSampleDropConnect, PerSampleDropConnectKept
+from ._masking import work_dtype, zero_output
+from ._masks import draw_masks, is_identity, keep_mask, mean_tensor, sample_masks, width
+from ._tracing import check_traceable_generator, fx_call, is_compiling, static_sizes
+from .dropblock import (
     drop_block,
     drop_block1d,
     drop_block2d,
@@ -36,10 +41,6 @@ from ._dropblock import (
     drop_block_keep_prob,
     window_drop_prob,
 )
-from ._dropconnect import PerSampleDropConnect, PerSampleDropConnectKept
-from ._masking import work_dtype, zero_output
-from ._masks import draw_masks, is_identity, keep_mask, mean_tensor, sample_masks, width
-from ._tracing import check_traceable_generator, fx_call, is_compiling, static_sizes
 
 __all__ = [
     "block_dropout",

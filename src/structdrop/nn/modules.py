@@ -9,7 +9,7 @@ traces under ``torch.compile(fullgraph=True)`` and ``torch.export`` and runs on 
 without a host sync (CUDA graphs capture it after a warm-up call). Under
 ``torch.fx.symbolic_trace`` every layer is one ``call_module`` node (the traced graph calls the
 layer, so ``train()``/``eval()`` still switch it); a layer traced on its own is one
-``call_function`` node of its functional form.
+``call_function`` node of its functional form (DropBlock's: ``dropblock.drop_block_masked``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,10 @@ from torch import nn
 
 from .. import _validation as check
 from ..schemes import Scheme, check_scheme
-from ._options import BOUNDARIES, GAMMA_RULES, SCALES, accepts_placement, warn_placement
 from ._penalty import DropoutPenalty
-from ._tracing import METHODS, module_call
-from .functional import (
-    block_dropout,
-    drop_block1d,
-    drop_block2d,
-    drop_block3d,
-    dropconnect_linear,
-    structured_dropout,
-)
+from ._tracing import fx_leaf
+from .dropblock import DropBlockOptions, drop_block_masked
+from .functional import block_dropout, dropconnect_linear, structured_dropout
 
 __all__ = [
     "BlockDropout",
@@ -42,12 +35,6 @@ __all__ = [
     "DropoutPenalty",
     "StructuredDropout",
 ]
-
-
-def _check_block_sizes(block_size: Any, ndim: int) -> int | tuple[int, ...]:
-    """An int >= 1 (kept as given, for ``extra_repr``) or a tuple of ``ndim`` of them."""
-    sizes = check.check_block_sizes(block_size, ndim)
-    return sizes if isinstance(block_size, tuple | list) else sizes[0]
 
 
 class BlockDropout(nn.Module):
@@ -85,14 +72,11 @@ class BlockDropout(nn.Module):
         self.inplace = bool(inplace)
         self.generator = check.check_generator(generator)
 
+    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
-        if isinstance(input, torch.fx.Proxy):
-            node = module_call(self, input, generator=generator)
-            if node is not None:
-                return node
         return block_dropout(
             input,
             self.p,
@@ -109,11 +93,15 @@ class BlockDropout(nn.Module):
 
 
 class _DropBlockNd(nn.Module):
-    """Ghiasi et al.'s sliding DropBlock, exact per unit (see ``functional.drop_block``)."""
+    """Ghiasi et al.'s sliding DropBlock, exact per unit (see ``functional.drop_block``).
+
+    The options are validated once, into the frozen :attr:`options`
+    (:class:`structdrop.nn.dropblock.DropBlockOptions`); each is also an attribute, and setting
+    one validates it and replaces the spec. ``p`` is validated when set.
+    """
 
     _spatial_dims: int = 0
 
-    @accepts_placement
     def __init__(
         self,
         p: float,
@@ -130,84 +118,80 @@ class _DropBlockNd(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check.check_drop_rate(p)
-        self.block_size = _check_block_sizes(block_size, self._spatial_dims)
-        self.inplace = check.check_inplace(inplace)
-        self.eps = check.check_nonnegative(eps, "eps")
-        self.boundary = check.check_choice(boundary, "boundary", BOUNDARIES)
-        self.gamma = check.check_gamma_rule(gamma, GAMMA_RULES)
-        self.scale = check.check_choice(scale, "scale", SCALES)
-        self.shared_channels = bool(shared_channels)
-        self.batchwise = bool(batchwise)
-        self.method = check.check_choice(method, "method", METHODS)
+        self.p = p
+        self.options = DropBlockOptions.make(
+            block_size,
+            self._spatial_dims,
+            inplace=inplace,
+            eps=eps,
+            boundary=boundary,
+            gamma=gamma,
+            scale=scale,
+            shared_channels=shared_channels,
+            batchwise=batchwise,
+            method=method,
+        )
         self.generator = check.check_generator(generator)
+
+    @property
+    def p(self) -> float:
+        """The drop probability, in [0, 1]."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = check.check_drop_rate(value)
 
     @property
     def drop_prob(self) -> float:
         """``p`` under timm's and ``dropblock``'s name (their schedulers set it)."""
-        return self.p
+        return self._p
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
-        self.p = check.check_drop_rate(value, "drop_prob")
+        self._p = check.check_drop_rate(value, "drop_prob")
 
-    @property
-    def placement(self) -> str:
-        """Deprecated name of :attr:`boundary` (until the next release)."""
-        warn_placement()
-        return self.boundary
-
-    @placement.setter
-    def placement(self, value: str) -> None:
-        warn_placement()
-        self.boundary = check.check_choice(value, "boundary", BOUNDARIES)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "placement" in state:  # a layer pickled under the deprecated attribute name
-            state = {**state, "boundary": state["placement"]}
-            del state["placement"]
-        super().__setstate__(state)
-
-    def _function(self) -> Any:
-        raise NotImplementedError
-
+    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
-        if isinstance(input, torch.fx.Proxy):
-            node = module_call(self, input, generator=generator)
-            if node is not None:
-                return node
-        return self._function()(
-            input,
-            self.p,
-            self.block_size,
-            self.inplace,
-            self.eps,
-            self.training,
-            boundary=self.boundary,
-            gamma=self.gamma,
-            scale=self.scale,
-            shared_channels=self.shared_channels,
-            batchwise=self.batchwise,
-            method=self.method,
-            generator=generator if generator is not None else self.generator,
-        )
+        generator = generator if generator is not None else self.generator
+        return drop_block_masked(input, self._p, self.options, self.training, generator)
 
     def extra_repr(self) -> str:
+        options = self.options
         text = (
-            f"p={self.p}, block_size={self.block_size}, boundary={self.boundary!r}, "
-            f"gamma={self.gamma!r}, scale={self.scale!r}"
+            f"p={self.p}, block_size={options.block_size}, boundary={options.boundary!r}, "
+            f"gamma={options.gamma!r}, scale={options.scale!r}"
         )
         for flag in ("shared_channels", "batchwise", "inplace"):
-            if getattr(self, flag):
+            if getattr(options, flag):
                 text += f", {flag}=True"
-        if self.scale == "batch" and self.eps != 1e-6:
-            text += f", eps={self.eps}"
-        if self.method != "auto":
-            text += f", method={self.method!r}"
+        if options.scale == "batch" and options.eps != 1e-6:
+            text += f", eps={options.eps}"
+        if options.method != "auto":
+            text += f", method={options.method!r}"
         return text
+
+
+def _option(name: str) -> property:
+    """The layer attribute of option ``name``: read from the spec; set by validating a new
+    spec."""
+
+    def get(self: _DropBlockNd) -> Any:
+        return getattr(self.options, name)
+
+    def set(self: _DropBlockNd, value: Any) -> None:
+        values = {**self.options._asdict(), name: value}
+        del values["spatial_dims"]
+        self.options = DropBlockOptions.make(spatial_dims=self._spatial_dims, **values)
+
+    return property(get, set, doc=f"The option ``{name}`` (see :attr:`options`).")
+
+
+for _name in DropBlockOptions._fields[:-1]:
+    setattr(_DropBlockNd, _name, _option(_name))
 
 
 _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per unit.
@@ -220,9 +204,10 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
     :func:`structdrop.nn.functional.drop_block`.
 
     The first four arguments are torchvision's ``DropBlock2d(p, block_size, inplace, eps)``;
-    everything else is keyword-only. A CPU eager call draws only the dropped windows (sparse);
-    accelerators, ``torch.compile`` and ``torch.export`` use the dense, sync-free sampler of the
-    same law (``method``).
+    everything else is keyword-only. The options are validated here, once, into the frozen
+    :attr:`options`. On a CPU only the dropped windows are drawn (sparse), eager or compiled;
+    accelerators use the dense, sync-free sampler of the same law (``method``). To
+    ``torch.compile`` and ``torch.export`` the layer is one operator.
 
     Args:
         p: drop probability, in [0, 1]; 1 gives zeros, as ``F.dropout``.
@@ -230,8 +215,7 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
         inplace: multiply the input in place.
         eps: added to the number of kept units by ``scale="batch"`` (torchvision's ``eps``);
             unused by the default ``scale="expected"``.
-        boundary: ``"valid"`` (default) or ``"clipped"``; ``placement`` is its deprecated name
-            (keyword and attribute), accepted until the next release.
+        boundary: ``"valid"`` (default) or ``"clipped"``.
         gamma: ``"mean"`` (default: the mean drop rate over the map is exactly p),
             ``"interior"`` (units away from the border drop with rate exactly p), ``"ghiasi"``
             (the published approximation), or a window drop probability in [0, 1).
@@ -252,24 +236,15 @@ class DropBlock1d(_DropBlockNd):
     __doc__ = _DROPBLOCK_DOC.format(kind="1-D", n=1, shape="(N, C, L)")
     _spatial_dims = 1
 
-    def _function(self) -> Any:
-        return drop_block1d
-
 
 class DropBlock2d(_DropBlockNd):
     __doc__ = _DROPBLOCK_DOC.format(kind="2-D", n=2, shape="(N, C, H, W)")
     _spatial_dims = 2
 
-    def _function(self) -> Any:
-        return drop_block2d
-
 
 class DropBlock3d(_DropBlockNd):
     __doc__ = _DROPBLOCK_DOC.format(kind="3-D", n=3, shape="(N, C, D, H, W)")
     _spatial_dims = 3
-
-    def _function(self) -> Any:
-        return drop_block3d
 
 
 class DropConnectLinear(nn.Linear):
@@ -318,14 +293,11 @@ class DropConnectLinear(nn.Linear):
         )
         self.generator = check.check_generator(generator)
 
+    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """The masked linear map in training mode, ``nn.Linear``'s otherwise."""
-        if isinstance(input, torch.fx.Proxy):
-            node = module_call(self, input, generator=generator)
-            if node is not None:
-                return node
         return dropconnect_linear(
             input,
             self.weight,
@@ -378,14 +350,11 @@ class StructuredDropout(nn.Module):
         self.inplace = bool(inplace)
         self.generator = check.check_generator(generator)
 
+    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Masked and rescaled features in training mode; ``input`` itself in eval mode."""
-        if isinstance(input, torch.fx.Proxy):
-            node = module_call(self, input, generator=generator)
-            if node is not None:
-                return node
         return structured_dropout(
             input,
             self.scheme,
@@ -396,3 +365,7 @@ class StructuredDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}" + (", inplace=True" if self.inplace else "")
+
+
+# Under torch.fx, a DropBlock layer traced as the root module is one call_function node.
+torch.fx.wrap("drop_block_masked")

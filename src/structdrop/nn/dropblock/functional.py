@@ -1,17 +1,17 @@
-"""Sliding DropBlock on 1-D, 2-D and 3-D feature maps from one N-d code path: the functions.
+"""Sliding DropBlock on 1-D, 2-D and 3-D feature maps: the functions.
 
 Ghiasi et al.'s DropBlock drops every candidate window of ``block_size`` units independently
 with probability ``gamma``; a unit is kept iff no dropped window covers it. The windows
 (``boundary="valid"`` as torchvision and TensorFlow, ``"clipped"`` as timm) are described in
-:mod:`._windows`. With ``n_i`` windows covering unit ``i`` the exact keep probability is
+:mod:`.rates`. With ``n_i`` windows covering unit ``i`` the exact keep probability is
 ``mu_i = (1 - gamma)^n_i`` (docs/theory.md, "Sec. 5.3"); in 1-D the mask law is exactly
 ``structdrop.SlidingBlock(p, r, boundary=boundary, gamma=gamma)``. The default scaling divides
 unit ``i`` by ``mu_i``, so ``E[output] = input`` per unit, also at the borders.
 
-Two samplers draw this same law: the sparse one (:mod:`._sparse`, CPU eager: only the dropped
-windows are drawn) and the dense one (:mod:`._dense`: accelerators, ``torch.compile``,
-``torch.export``, CUDA graphs; no host sync, static shapes). ``method="auto"`` picks the sparse
-sampler for CPU eager calls and the dense one otherwise.
+Each function validates its options once into a :class:`.options.DropBlockOptions` and hands
+the input to the operator of :mod:`.op`, which draws the mask with the device's fastest exact
+sampler: sparse on a CPU (:mod:`.sparse`: only the dropped windows are drawn), dense elsewhere
+(:mod:`.dense`). Both draw the same law.
 
 References:
     Ghiasi, Lin, Le. DropBlock: A regularization method for convolutional networks.
@@ -20,20 +20,20 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.fx
 from torch import Tensor
 
-from .. import _validation as check
-from ._dense import drop_block_dense
-from ._masking import apply_mask, zero_output
-from ._options import BOUNDARIES, GAMMA_RULES, OPTION_NAMES, SCALES, accepts_placement
-from ._sparse import drop_block_sparse
-from ._tracing import METHODS, fx_call, static_sizes, use_dense
-from ._window_rates import gamma_for, keep_prob
+from ... import _validation as check
+from .._tracing import fx_call
+from .op import drop_block_masked
+from .options import BOUNDARIES, GAMMA_RULES, DropBlockOptions
+from .rates import gamma_for, keep_prob
 
 __all__ = [
     "drop_block",
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 
-@accepts_placement
 def window_drop_prob(
     p: float,
     block_size: int | Sequence[int],
@@ -88,7 +87,6 @@ def window_drop_prob(
     return gamma_for(p, spatial, block, boundary, rule)
 
 
-@accepts_placement
 def drop_block_keep_prob(
     spatial_shape: Sequence[int],
     block_size: int | Sequence[int],
@@ -121,7 +119,6 @@ def drop_block_keep_prob(
     return keep_prob(spatial, block, boundary, gamma).clone()
 
 
-@accepts_placement
 def drop_block(
     input: Tensor,
     p: float,
@@ -162,7 +159,6 @@ def drop_block(
         training: apply DropBlock; when False, ``input`` itself is returned.
         boundary: ``"valid"`` (windows inside the map, as torchvision and TensorFlow) or
             ``"clipped"`` (a window centred at every unit, clipped at the borders, as timm).
-            The deprecated name ``placement`` is accepted until the next release.
         gamma: ``"mean"`` (the mean drop rate over the map is exactly p), ``"interior"`` (the
             most covered units drop with rate exactly p), ``"ghiasi"`` (the published
             approximation, for parity) or a window drop probability in [0, 1); see
@@ -172,11 +168,10 @@ def drop_block(
             torchvision and timm; zeros when every unit is dropped).
         shared_channels: one mask per sample, shared by all channels.
         batchwise: one mask for the whole batch, shared by all samples.
-        method: ``"auto"`` (the sparse sampler for CPU eager calls, the dense one on
-            accelerators and under ``torch.compile`` / ``torch.export``), ``"sparse"`` or
-            ``"dense"``. Both draw the same law (see the module docstring).
-        generator: a ``torch.Generator`` on the input's device for the window draws (not
-            under ``torch.compile``, which cannot trace one).
+        method: ``"auto"`` (the sparse sampler on a CPU, the dense one elsewhere),
+            ``"sparse"`` or ``"dense"``. Both draw the same law (see the module docstring).
+        generator: a ``torch.Generator`` that seeds the mask (not under ``torch.compile``,
+            which cannot trace one); torch's default generator when None.
 
     Returns:
         A tensor of the input's shape, dtype, device and memory format (``input`` itself when
@@ -186,53 +181,49 @@ def drop_block(
         TypeError: ``input`` is not a floating point tensor, or an argument has a wrong type.
         ValueError: an argument is out of range (the message names it and its value).
     """
-    options = _options(locals())
-    if isinstance(input, torch.fx.Proxy):
-        return fx_call(drop_block, (input, p, block_size), options)
-    return _drop_block(input, p, block_size, options)
+    return _drop_block(drop_block, None, locals())
 
 
-def _drop_block(input: Any, p: Any, block_size: Any, options: dict[str, Any]) -> Tensor:
-    """:func:`drop_block` with its options as keywords (``OPTION_NAMES``): the checks (also in
-    eval mode), then the sampler. Every function of this module runs through it."""
-    input = check.check_feature_maps(input, "drop_block")
-    p = check.check_drop_rate(p)
-    block = check.check_block_sizes(block_size, input.ndim - 2)
-    inplace = check.check_inplace(options["inplace"])
-    eps = check.check_nonnegative(options["eps"], "eps")
-    boundary = check.check_choice(options["boundary"], "boundary", BOUNDARIES)
-    rule = check.check_gamma_rule(options["gamma"], GAMMA_RULES)
-    scale = check.check_choice(options["scale"], "scale", SCALES)
-    method = check.check_choice(options["method"], "method", METHODS)
-    generator = check.check_generator(options["generator"])
-    if not options["training"] or p == 0.0:
-        return input
-    if p == 1.0:
-        return zero_output(input, inplace)
-    if input.numel() == 0:
-        return input if inplace else input.clone()
-    n, c = input.shape[:2]
-    spatial = static_sizes(input.shape[2:])
-    shape = (1 if options["batchwise"] else n, 1 if options["shared_channels"] else c, *spatial)
-    if input.is_meta:  # shape propagation: a meta mask of the right broadcast shape, no draws
-        mask = torch.empty(shape, dtype=input.dtype, device=input.device)
-        return apply_mask(input, mask, inplace)
-    sampler = drop_block_dense if use_dense(method, input.device) else drop_block_sparse
-    return sampler(input, shape, block, boundary, p, rule, scale, eps, inplace, generator)
+#: The options of ``drop_block`` that its spec holds (``training`` and ``generator`` belong to
+#: the call).
+_OPTIONS = DropBlockOptions._fields[1:-1]
 
 
-def _options(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The options of a call (every argument after ``block_size``) as keywords."""
-    return {name: arguments[name] for name in OPTION_NAMES}
-
-
-def _drop_block_nd(
-    function: Any, ndim: int, input: Tensor, p: float, block_size: Any, options: dict[str, Any]
+def _drop_block(
+    function: Callable[..., Tensor], spatial_dims: int | None, arguments: dict[str, Any]
 ) -> Tensor:
+    """``function`` (``drop_block`` or one of its N-d forms) on its bound ``arguments``: one
+    ``torch.fx`` node under symbolic tracing; else the options validated, then the operator."""
+    input, p, block_size = arguments["input"], arguments["p"], arguments["block_size"]
+    options = {name: arguments[name] for name in _OPTIONS}
+    training, generator = arguments["training"], arguments["generator"]
     if isinstance(input, torch.fx.Proxy):
-        return fx_call(function, (input, p, block_size), options)
-    check.check_spatial_ndim(input, ndim, function.__name__)
-    return _drop_block(input, p, block_size, options)
+        calls = {**options, "training": training, "generator": generator}
+        return fx_call(function, (input, p, block_size), calls)
+    spec = DropBlockOptions.make(block_size, spatial_dims, **options)
+    p = check.check_drop_rate(p)
+    generator = check.check_generator(generator)
+    return drop_block_masked(input, p, spec, bool(training), generator)
+
+
+_SIGNATURE = inspect.signature(drop_block)
+
+
+def _with_spatial_dims(spatial_dims: int, name: str, doc: str) -> Callable[..., Tensor]:
+    """``drop_block`` for inputs with ``spatial_dims`` spatial axes: the same signature (one
+    definition of the options), an input of another rank is a ValueError."""
+
+    @functools.wraps(drop_block)
+    def function(*args: Any, **kwargs: Any) -> Tensor:
+        bound = _SIGNATURE.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _drop_block(function, spatial_dims, bound.arguments)
+
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = doc
+    del function.__wrapped__  # its own name and docstring; the signature is drop_block's
+    function.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+    return function
 
 
 _ND_ARGS = """Args:
@@ -243,91 +234,43 @@ _ND_ARGS = """Args:
         eps: used by ``scale="batch"`` only, as torchvision's; see :func:`drop_block`.
         training: apply DropBlock; when False, ``input`` itself is returned.
         boundary, gamma, scale, shared_channels, batchwise, method, generator: keyword-only,
-            as in :func:`drop_block` (``placement`` is the deprecated name of ``boundary``).
+            as in :func:`drop_block`.
 
     Returns:
         A tensor of the input's shape, dtype, device and memory format."""
 
 
-@accepts_placement
-def drop_block1d(
-    input: Tensor,
-    p: float,
-    block_size: int | Sequence[int],
-    inplace: bool = False,
-    eps: float = 1e-6,
-    training: bool = True,
-    *,
-    boundary: str = "valid",
-    gamma: str | float = "mean",
-    scale: str = "expected",
-    shared_channels: bool = False,
-    batchwise: bool = False,
-    method: str = "auto",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _drop_block_nd(drop_block1d, 1, input, p, block_size, _options(locals()))
-
-
-@accepts_placement
-def drop_block2d(
-    input: Tensor,
-    p: float,
-    block_size: int | Sequence[int],
-    inplace: bool = False,
-    eps: float = 1e-6,
-    training: bool = True,
-    *,
-    boundary: str = "valid",
-    gamma: str | float = "mean",
-    scale: str = "expected",
-    shared_channels: bool = False,
-    batchwise: bool = False,
-    method: str = "auto",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _drop_block_nd(drop_block2d, 2, input, p, block_size, _options(locals()))
-
-
-@accepts_placement
-def drop_block3d(
-    input: Tensor,
-    p: float,
-    block_size: int | Sequence[int],
-    inplace: bool = False,
-    eps: float = 1e-6,
-    training: bool = True,
-    *,
-    boundary: str = "valid",
-    gamma: str | float = "mean",
-    scale: str = "expected",
-    shared_channels: bool = False,
-    batchwise: bool = False,
-    method: str = "auto",
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    return _drop_block_nd(drop_block3d, 3, input, p, block_size, _options(locals()))
-
-
-drop_block1d.__doc__ = f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
+drop_block1d = _with_spatial_dims(
+    1,
+    "drop_block1d",
+    f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
     docs/theory.md, Sec. 5.3 corrected): the masks of
     ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel, scaled by the exact inverse
     keep probabilities.
 
     {_ND_ARGS.format(shape="(N, C, L)")}
-    """
-drop_block2d.__doc__ = f"""Sliding DropBlock on ``(N, C, H, W)`` input (Ghiasi et al., 2018;
+    """,
+)
+drop_block2d = _with_spatial_dims(
+    2,
+    "drop_block2d",
+    f"""Sliding DropBlock on ``(N, C, H, W)`` input (Ghiasi et al., 2018;
     docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block2d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, H, W)")}
-    """
-drop_block3d.__doc__ = f"""Sliding DropBlock on ``(N, C, D, H, W)`` input (Ghiasi et al., 2018;
+    """,
+)
+drop_block3d = _with_spatial_dims(
+    3,
+    "drop_block3d",
+    f"""Sliding DropBlock on ``(N, C, D, H, W)`` input (Ghiasi et al., 2018;
     docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block3d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, D, H, W)")}
-    """
+    """,
+)
 
 # Leaf functions for torch.fx: their shapes depend on the random draws.
 torch.fx.wrap("drop_block")

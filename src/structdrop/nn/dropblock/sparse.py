@@ -1,11 +1,11 @@
-"""The sparse DropBlock sampler (CPU eager): only the dropped windows are drawn.
+"""The sparse DropBlock sampler (CPUs): only the dropped windows are drawn.
 
 The dropped windows form a Bernoulli(``gamma``) process over the flattened candidate positions,
 drawn through its geometric gaps, and the units of each dropped window are set to zero by index
 arithmetic, in the output itself when every unit has its own mask. Its work is proportional to
-the number of dropped windows, about ``gamma`` of the candidates. The number of dropped windows
-is random, so under ``torch.compile`` the mask making runs eagerly (a graph break); the dense
-sampler (:mod:`._dense`) draws the same law with static shapes.
+the number of dropped windows, about ``gamma`` of the candidates. It reads the number of dropped
+windows back to the host, which costs nothing on a CPU; the mask operator (:mod:`.op`) runs it
+outside any traced graph, so a compiled model on a CPU runs it too.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._masking import apply_mask, batch_scaled
-from ._tracing import is_compiling
-from ._window_rates import inverse_keep_prob, window_gamma
-from ._windows import Geometry, geometry
+from .._masking import batch_scaled
+from .rates import Geometry
 
 __all__ = ["drop_block_sparse", "dropped_positions", "window_units"]
 
@@ -189,98 +186,28 @@ def _scale_and_fill(
     return output
 
 
-class _ScaleAndZero(torch.autograd.Function):
-    """``input * scale`` with the units at ``index`` set to zero: the product with the mask
-    ``z / mu`` without materializing the mask. Linear in ``input``, so the backward pass is the
-    same operation on the gradient (and differentiable again). The result has the dense
-    ``strides`` the indices were computed for (the input's memory format)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, input: Tensor, scale: Tensor, index: Tensor, strides: tuple[int, ...]
-    ) -> Tensor:
-        ctx.save_for_backward(scale, index)
-        ctx.strides = strides
-        return _scale_and_fill(input, scale, index, strides)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        scale, index = ctx.saved_tensors
-        return _ScaleAndZero.apply(grad, scale, index, ctx.strides), None, None, None
-
-
-def _scaled_mask(
-    shape: tuple[int, ...],
-    block: tuple[int, ...],
-    boundary: str,
-    p: float,
-    rule: str | float,
-    scale: str,
-    eps: float,
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """The sparse sampler's mask that multiplies the input, scaling included."""
-    spatial = shape[2:]
-    gamma = window_gamma(p, spatial, block, boundary, rule)
-    windows = geometry(spatial, block, boundary)
-    if scale == "expected":
-        init = inverse_keep_prob(spatial, block, boundary, gamma, device, dtype)
-        return _block_mask(shape, windows, gamma, init, dtype, device, generator)
-    mask = _block_mask(shape, windows, gamma, None, dtype, device, generator)
-    return batch_scaled(mask, eps, dtype)
-
-
-def _scale_and_index(
-    shape: tuple[int, ...],
-    block: tuple[int, ...],
-    boundary: str,
-    p: float,
-    rule: str | float,
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-    strides: tuple[int, ...],
-) -> tuple[Tensor, Tensor]:
-    """``1 / mu`` and the storage offsets of the dropped units (sparse sampler)."""
-    spatial = shape[2:]
-    gamma = window_gamma(p, spatial, block, boundary, rule)
-    windows = geometry(spatial, block, boundary)
-    inverse = inverse_keep_prob(spatial, block, boundary, gamma, device, dtype)
-    return inverse, _dropped_units(shape, windows, gamma, device, generator, strides)
-
-
-# The number of dropped windows is random: under torch.compile, method="sparse" runs the mask
-# making eagerly (a graph break); method="auto" takes the dense sampler there instead.
-_scaled_mask_eager = torch.compiler.disable(_scaled_mask)
-_scale_and_index_eager = torch.compiler.disable(_scale_and_index)
-
-
 def drop_block_sparse(
     input: Tensor,
     shape: tuple[int, ...],
-    block: tuple[int, ...],
-    boundary: str,
-    p: float,
-    rule: str | float,
+    geometry: Geometry,
+    gamma: float,
+    inverse: Tensor,
     scale: str,
     eps: float,
-    inplace: bool,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """The sparse sampler (validated arguments)."""
-    traced = is_compiling()
-    if scale == "expected" and not inplace and shape == tuple(input.shape):
+    """``input`` times a sparse-drawn mask of ``shape = (B0, B1, *spatial)`` (broadcast over
+    the batch and channel axes where they are 1), scaled by ``inverse`` (``1 / mu``,
+    ``scale="expected"``) or by the mask's size over its kept units plus ``eps``; the output is
+    laid out as ``torch.empty_like(input)``."""
+    strides = _output_strides(input)
+    if scale == "expected" and shape == tuple(input.shape):
         # one mask per unit: scale and zero the output directly, no full-size mask
-        make_index = _scale_and_index_eager if traced else _scale_and_index
-        strides = _output_strides(input)
-        inverse, index = make_index(
-            shape, block, boundary, p, rule, input.dtype, input.device, generator, strides
-        )
-        return _ScaleAndZero.apply(input, inverse, index, strides)
-    make_mask = _scaled_mask_eager if traced else _scaled_mask
-    mask = make_mask(
-        shape, block, boundary, p, rule, scale, eps, input.dtype, input.device, generator
-    )
-    return apply_mask(input, mask, inplace)
+        index = _dropped_units(shape, geometry, gamma, input.device, generator, strides)
+        return _scale_and_fill(input, inverse, index, strides)
+    init = inverse if scale == "expected" else None
+    mask = _block_mask(shape, geometry, gamma, init, input.dtype, input.device, generator)
+    if scale == "batch":
+        mask = batch_scaled(mask, eps, input.dtype)
+    output = torch.empty_strided(input.shape, strides, dtype=input.dtype, device=input.device)
+    return torch.mul(input, mask, out=output)

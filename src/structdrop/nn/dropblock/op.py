@@ -1,0 +1,146 @@
+"""Sliding DropBlock as one operator: ``structdrop::drop_block``.
+
+``drop_block_masked`` is every DropBlock's forward pass (the layers', the functions'). It draws a
+seed from ``generator`` (torch's default generator when None) and calls the operator::
+
+    structdrop::drop_block(input, seed, p, block_size, boundary, gamma_rule, gamma_value,
+                           scale, eps, shared_channels, batchwise, method) -> output
+
+which multiplies ``input`` by the mask that ``seed`` determines: unit ``i`` kept with
+probability ``mu_i = (1 - gamma)^{n_i}`` and scaled by ``1 / mu_i`` (docs/theory.md,
+"Sec. 5.3 ... corrected"), by the sparse sampler on a CPU and the dense one elsewhere. The
+output is ``input * mask`` with a mask that does not depend on ``input``, so the gradient is the
+same operator on the gradient with the same seed: nothing but the seed is kept for the backward
+pass, and the backward is differentiable again.
+
+To ``torch.compile`` and ``torch.export`` the operator is one node with the input's shape (its
+fake implementation): nothing of the host computation (window counts, the gamma rules, the
+bisection, the cached ``1 / mu``) enters a graph, and a model with DropBlock on maps of many
+sizes traces like one with ``F.dropout``. ``p`` reaches the operator as a 0-d float64 CPU
+tensor, so that a :class:`structdrop.nn.DropRateSchedule` changing it does not recompile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ... import _validation as check
+from .._masking import zero_output
+from .._tracing import check_traceable_generator
+from .dense import drop_block_dense
+from .options import DropBlockOptions
+from .rates import geometry, inverse_keep_prob, window_gamma
+from .sparse import drop_block_sparse
+
+__all__ = ["drop_block_masked"]
+
+#: Seeds are drawn uniformly from [0, SEED_BOUND).
+SEED_BOUND = 2**62
+
+
+@torch.library.custom_op("structdrop::drop_block", mutates_args=())
+def _drop_block_op(
+    input: Tensor,
+    seed: Tensor,
+    p: Tensor,
+    block_size: list[int],
+    boundary: str,
+    gamma_rule: str,
+    gamma_value: float,
+    scale: str,
+    eps: float,
+    shared_channels: bool,
+    batchwise: bool,
+    method: str,
+) -> Tensor:
+    """``input`` times the DropBlock mask of ``seed`` (see the module docstring)."""
+    n, c, *sizes = input.shape
+    spatial, block = tuple(sizes), tuple(block_size)
+    shape = (1 if batchwise else n, 1 if shared_channels else c, *spatial)
+    if input.numel() == 0:
+        return input.clone()
+    rule = gamma_value if gamma_rule == "value" else gamma_rule
+    gamma = window_gamma(float(p), spatial, block, boundary, rule)
+    inverse = inverse_keep_prob(spatial, block, boundary, gamma, input.device, input.dtype)
+    generator = torch.Generator(device=input.device)
+    generator.manual_seed(int(seed))
+    sparse = method == "sparse" or (method == "auto" and input.device.type == "cpu")
+    sampler = drop_block_sparse if sparse else drop_block_dense
+    windows = geometry(spatial, block, boundary)
+    return sampler(input, shape, windows, gamma, inverse, scale, eps, generator)
+
+
+@_drop_block_op.register_fake
+def _(input: Tensor, seed: Tensor, p: Tensor, *options: object) -> Tensor:
+    return torch.empty_like(input)
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(inputs[1], inputs[2])
+    ctx.options = inputs[3:]
+
+
+def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+    seed, p = ctx.saved_tensors
+    options = ctx.options
+    return (_drop_block_op(grad, seed, p, *options), None, None) + (None,) * len(options)
+
+
+_drop_block_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_feature_maps(input: Tensor, options: DropBlockOptions) -> None:
+    """``input`` is a floating tensor ``(N, C, *spatial)`` with ``options.spatial_dims``
+    spatial axes (any number >= 1 when None)."""
+    name = "drop_block" if options.spatial_dims is None else f"drop_block{options.spatial_dims}d"
+    check.check_feature_maps(input, name)
+    if options.spatial_dims is not None:
+        check.check_spatial_ndim(input, options.spatial_dims, name)
+
+
+def drop_block_masked(
+    input: Tensor,
+    p: float,
+    options: DropBlockOptions,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sliding DropBlock of ``input`` (``(N, C, *spatial)``, floating) at drop rate ``p`` in
+    [0, 1] with validated ``options``: ``input`` itself when not ``training`` or ``p = 0``,
+    ``input * 0`` when ``p = 1``, else the operator's output (``input``, multiplied in place,
+    when ``options.inplace``)."""
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return zero_output(input, options.inplace)
+    check_feature_maps(input, options)
+    check_traceable_generator(generator)
+    block = options.blocks(input.ndim - 2)
+    if input.is_meta:  # shape propagation: no draw
+        seed = torch.zeros((), dtype=torch.int64)
+    elif generator is None:  # (a generator=None keyword breaks symbolic batch sizes)
+        seed = torch.randint(SEED_BOUND, (), dtype=torch.int64)
+    else:
+        seed = torch.randint(SEED_BOUND, (), generator=generator, device=generator.device).cpu()
+    # ones * p, not a factory taking p: Dynamo keeps a changing p symbolic in arithmetic with a
+    # tensor, while a factory function would specialize it (a recompile per p)
+    rate = torch.ones((), dtype=torch.float64) * p
+    rule, value = (
+        (options.gamma, 0.0) if isinstance(options.gamma, str) else ("value", options.gamma)
+    )
+    output = _drop_block_op(
+        input,
+        seed,
+        rate,
+        list(block),
+        options.boundary,
+        rule,
+        value,
+        options.scale,
+        options.eps,
+        options.shared_channels,
+        options.batchwise,
+        options.method,
+    )
+    return input.copy_(output) if options.inplace else output
