@@ -350,3 +350,15 @@ def test_logs_get_one_line_per_figure_and_no_progress_bars(tmp_path: Path) -> No
             assert [line.split(":")[0] for line in lines] == ["head", "gap", "report"], lines
         else:
             assert len(lines) == 2 and lines[0].startswith("fig2 (digits): gap"), lines
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import importlib.metadata
+
+    import structdrop
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    installed = importlib.metadata.version("structdrop")
+    assert result.output.strip() == f"structdrop {installed}"
+    assert structdrop.__version__ == installed

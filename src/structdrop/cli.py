@@ -47,6 +47,29 @@ reproduce = typer.Typer(
 )
 app.add_typer(reproduce, name="reproduce")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"structdrop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Structured dropout: exact regularizers, global optima, and the paper's experiments."""
+
 EXIT_USAGE = 2
 
 

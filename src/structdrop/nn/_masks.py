@@ -21,7 +21,7 @@ import torch
 from .. import _validation as check
 from ..schemes import DroppedWindows, FiniteMasks, IndependentBlocks, Scheme, check_scheme
 from ._masking import exact_dtype, work_dtype
-from ._tracing import host_constant, is_compiling
+from ._tracing import eager_only, host_constant, is_compiling
 
 __all__ = ["draw_masks", "is_identity", "keep_mask", "mean_tensor", "sample_masks", "width"]
 
@@ -235,7 +235,7 @@ def _finite_draws(
     return index.clamp_max_(cdf.numel() - 1)  # U >= cdf[-1] only by rounding of the sum
 
 
-@torch.compiler.disable
+@eager_only
 def _sample_elsewhere(
     scheme: Scheme,
     shape: tuple[int, ...],

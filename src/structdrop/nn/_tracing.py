@@ -34,6 +34,7 @@ import torch.fx
 
 __all__ = [
     "check_traceable_generator",
+    "eager_only",
     "fx_call",
     "fx_leaf",
     "host_constant",
@@ -56,6 +57,23 @@ def host_constant(function: Function) -> Function:
     # import time (it would double the cost of ``import structdrop.nn``)
     function._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return function
+
+
+def eager_only(function: Function) -> Function:
+    """``function``, run eagerly when called from compiled code (a graph break), as
+    ``torch.compiler.disable(function)``; the compiler stack is imported only once something is
+    compiled, not when this module is."""
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(function))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def static_sizes(sizes: Any) -> tuple[int, ...]:

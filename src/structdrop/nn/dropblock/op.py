@@ -22,6 +22,8 @@ tensor, so that a :class:`structdrop.nn.DropRateSchedule` changing it does not r
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -33,14 +35,23 @@ from .options import DropBlockOptions
 from .rates import geometry, inverse_keep_prob, window_gamma
 from .sparse import drop_block_sparse
 
-__all__ = ["drop_block_masked"]
+__all__ = ["drop_block_masked", "drop_block_op"]
 
 #: Seeds are drawn uniformly from [0, SEED_BOUND).
 SEED_BOUND = 2**62
 
 
-@torch.library.custom_op("structdrop::drop_block", mutates_args=())
-def _drop_block_op(
+# The operator is defined with torch.library's Library API, not ``custom_op``: the same
+# operator to the compiler, without importing the compiler stack on the first call.
+_LIBRARY = torch.library.Library("structdrop", "DEF")
+_LIBRARY.define(
+    "drop_block(Tensor input, Tensor seed, Tensor p, int[] block_size, str boundary, "
+    "str gamma_rule, float gamma_value, str scale, float eps, bool shared_channels, "
+    "bool batchwise, str method) -> Tensor"
+)
+
+
+def _drop_block(
     input: Tensor,
     seed: Tensor,
     p: Tensor,
@@ -71,23 +82,33 @@ def _drop_block_op(
     return sampler(input, shape, windows, gamma, inverse, scale, eps, generator)
 
 
-@_drop_block_op.register_fake
-def _(input: Tensor, seed: Tensor, p: Tensor, *options: object) -> Tensor:
+def _output_like(input: Tensor, *arguments: object) -> Tensor:
+    """The fake implementation: the output has the input's shape, dtype, device and layout."""
     return torch.empty_like(input)
 
 
-def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+def _keep_seed(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.save_for_backward(inputs[1], inputs[2])
     ctx.options = inputs[3:]
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+def _same_mask_on_the_gradient(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """``d(input * mask) / d(input) = mask``: the operator on ``grad`` with the same seed."""
     seed, p = ctx.saved_tensors
     options = ctx.options
-    return (_drop_block_op(grad, seed, p, *options), None, None) + (None,) * len(options)
+    return (drop_block_op(grad, seed, p, *options), None, None) + (None,) * len(options)
 
 
-_drop_block_op.register_autograd(_backward, setup_context=_setup_context)
+_LIBRARY.impl("drop_block", _drop_block, "CompositeExplicitAutograd")
+torch.library.register_fake("structdrop::drop_block", _output_like, lib=_LIBRARY)
+torch.library.register_autograd(
+    "structdrop::drop_block",
+    _same_mask_on_the_gradient,
+    setup_context=_keep_seed,
+    lib=_LIBRARY,
+)
+#: The operator, ``torch.ops.structdrop.drop_block``.
+drop_block_op = torch.ops.structdrop.drop_block
 
 
 def check_feature_maps(input: Tensor, options: DropBlockOptions) -> None:
@@ -129,7 +150,7 @@ def drop_block_masked(
     rule, value = (
         (options.gamma, 0.0) if isinstance(options.gamma, str) else ("value", options.gamma)
     )
-    output = _drop_block_op(
+    output = drop_block_op(
         input,
         seed,
         rate,
