@@ -2,7 +2,13 @@
 (:mod:`.plots`) and ``REPORT.md`` (:mod:`.report`).
 
 Nothing is imported here, so that light users (``structdrop optimum``, which reads files through
-:mod:`._io`) do not pay for matplotlib; import the submodules directly.
+:mod:`._io`) do not pay for matplotlib; import the submodules directly. Everything here needs
+the ``experiments`` extra: without it, importing this package raises one ``ImportError`` that
+names the extra.
 """
+
+from .._extras import EXPERIMENTS, require
+
+require("experiments", EXPERIMENTS, "structdrop.experiments")
 
 __all__ = ["plots", "report", "synthetic"]

@@ -14,8 +14,12 @@ loss is not finite or exceeds ``limit``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from .._extras import require
+
+require("experiments", ("numba",), "structdrop.linear (Algorithm 1's compiled SGD)")
+import numba  # noqa: E402
 
 # Reassociation lets the reductions vectorise; NaN/Inf semantics are kept (no "nnan"/"ninf"), so
 # the divergence test below still sees non-finite losses.
