@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # the numerical tests under every OpenBLAS kernel of this CPU, 1 and 2 threads, and nudges
@@ -21,10 +22,11 @@ test-numerics: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/structdrop reproduce synthetic --out results
 	$(BIN)/structdrop reproduce deep --out results
-	$(BIN)/structdrop reproduce deep --dataset mnist --image-size 16 --epochs 50 --out results
+	$(BIN)/structdrop reproduce deep --dataset mnist --image-size 16 --epochs 100 --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_objectives.py

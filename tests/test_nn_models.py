@@ -30,6 +30,8 @@ torchvision = pytest.importorskip("torchvision")
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
 MODELS = ["timm-resnet18", "timm-resnet50", "torchvision-resnet18"]
+#: The slow checks (compiling for shapes and rates, exporting) run on the two ResNet-18s.
+SMALL_MODELS = ["timm-resnet18", "torchvision-resnet18"]
 #: Our layers in each model: timm puts one in every block of layer3 and layer4.
 LAYER_COUNTS = {"timm-resnet18": 4, "timm-resnet50": 9, "torchvision-resnet18": 2}
 IMAGE = (3, 32, 32)
@@ -52,31 +54,35 @@ def _converted(name: str) -> nn.Module:
     return sdnn.convert_dropblock(_build(name))
 
 
+def _class(module_name: str, class_name: str) -> type | None:
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        return None
+
+
 def _foreign_classes() -> tuple[type, ...]:
     """The DropBlock classes of torchvision, timm and ``dropblock`` that import here."""
-    found = [torchvision_ops.DropBlock2d, torchvision_ops.DropBlock3d]
-    for module_name, names in (
-        ("timm.layers", ("DropBlock2d",)),
-        ("dropblock", ("DropBlock2D", "DropBlock3D")),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        found.extend(getattr(module, class_name) for class_name in names)
-    return tuple(found)
+    names = [
+        ("torchvision.ops", "DropBlock2d"),
+        ("torchvision.ops", "DropBlock3d"),
+        ("timm.layers", "DropBlock2d"),
+        ("dropblock", "DropBlock2D"),
+        ("dropblock", "DropBlock3D"),
+    ]
+    return tuple(cls for cls in (_class(*name) for name in names) if cls is not None)
 
 
 def _expected_layers(model: nn.Module) -> dict[str, tuple[float, int, str, bool]]:
     """(p, block_size, boundary, shared_channels) of each foreign DropBlock, by module name."""
+    timm_class = _class("timm.layers", "DropBlock2d")
     expected = {}
     for name, module in model.named_modules():
         if isinstance(module, torchvision_ops.DropBlock2d):
             expected[name] = (module.p, module.block_size, "valid", False)
-        elif type(module).__module__.startswith("timm."):
-            if type(module).__name__ == "DropBlock2d":
-                rate = module.gamma_scale * module.drop_prob
-                expected[name] = (rate, module.block_size, "clipped", module.couple_channels)
+        elif timm_class is not None and isinstance(module, timm_class):
+            rate = module.gamma_scale * module.drop_prob
+            expected[name] = (rate, module.block_size, "clipped", module.couple_channels)
     return expected
 
 
@@ -278,7 +284,8 @@ def test_inductor_max_autotune_training_step():
     _assert_finite_grads(model)
 
 
-def test_batch_sizes_and_a_drop_rate_schedule_recompile_at_most_once_each(name):
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_batch_sizes_recompile_at_most_once_and_a_drop_rate_schedule_never(name):
     model = _converted(name)
     backend = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=backend, fullgraph=True)
@@ -288,7 +295,7 @@ def test_batch_sizes_and_a_drop_rate_schedule_recompile_at_most_once_each(name):
     shapes = backend.frame_count
 
     layers = [layer for _, layer in _ours(model)]
-    schedule = sdnn.DropRateSchedule(model, stop=0.3, steps=5, start=0.05)
+    schedule = sdnn.DropRateSchedule(model, stop=0.32, steps=5, start=0.02)
     assert schedule.layers == layers
     counts, rates = [], []
     for _ in range(5):
@@ -296,9 +303,8 @@ def test_batch_sizes_and_a_drop_rate_schedule_recompile_at_most_once_each(name):
         rates.append([layer.p for layer in layers])
         assert torch.isfinite(_loss(compiled, *_batch(3)))
         counts.append(backend.frame_count)
-    assert rates == [pytest.approx([p] * len(layers)) for p in (0.1, 0.15, 0.2, 0.25, 0.3)]
-    assert counts[0] <= shapes + 1  # a constant p becomes a symbolic float once
-    assert counts == [counts[0]] * 5
+    assert rates == [pytest.approx([p] * len(layers)) for p in (0.08, 0.14, 0.2, 0.26, 0.32)]
+    assert counts == [shapes] * 5  # a layer's rate is a tensor that the schedule fills
     _assert_finite_grads(model)
 
 
@@ -306,10 +312,11 @@ def test_batch_sizes_and_a_drop_rate_schedule_recompile_at_most_once_each(name):
 # torch.export
 
 
+@pytest.mark.parametrize("name", SMALL_MODELS)
 def test_export_in_train_and_eval_mode(name):
     model = _converted(name)
     x, _ = _batch()
-    exported = torch.export.export(model, (x,), strict=True)
+    exported = torch.export.export(model, (x,), strict=False)
     assert len(_drop_block_nodes(exported.graph)) == LAYER_COUNTS[name]
     torch.manual_seed(1)
     out = exported.module()(x)
@@ -319,7 +326,7 @@ def test_export_in_train_and_eval_mode(name):
     torch.testing.assert_close(out, expected)
 
     model.eval()
-    exported = torch.export.export(model, (x,), strict=True)
+    exported = torch.export.export(model, (x,), strict=False)
     assert not _drop_block_nodes(exported.graph)  # eval mode: the identity
     with torch.no_grad():
         assert torch.equal(exported.module()(x), model(x))

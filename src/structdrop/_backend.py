@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import TypeIs
 
 __all__ = ["is_tensor", "loaded_torch"]
 
@@ -20,7 +24,7 @@ def loaded_torch() -> ModuleType | None:
     return sys.modules.get("torch")
 
 
-def is_tensor(value: Any) -> bool:
+def is_tensor(value: object) -> TypeIs[torch.Tensor]:
     """Whether ``value`` is a ``torch.Tensor`` (False whenever torch is not loaded)."""
     torch = loaded_torch()
     return torch is not None and isinstance(value, torch.Tensor)

@@ -16,6 +16,7 @@ import torch
 from .ksupport import TIE_RTOL, ProxParts
 
 if TYPE_CHECKING:
+    from ._arrays import Array
     from .optimum import ScaledSolution
 
 __all__ = ["SpectralProx", "spectral_tables", "times_pow2", "with_autograd"]
@@ -107,8 +108,8 @@ def spectral_tables(
 
 def with_autograd(
     fields: dict[str, Any],
-    X: torch.Tensor,
-    Y: torch.Tensor,
+    X: Array,
+    Y: Array,
     solution: ScaledSolution,
     beta: float,
     block_size: int,
@@ -126,8 +127,8 @@ def with_autograd(
     """
     device = fields["prediction"].device
     options = {"dtype": torch.float64, "device": device}
-    inputs = times_pow2(X.to(**options), -ex)
-    targets = times_pow2(Y.to(**options), -ey)
+    inputs = times_pow2(torch.as_tensor(X, **options), -ex)  # a NumPy input is a constant
+    targets = times_pow2(torch.as_tensor(Y, **options), -ey)
     tables = spectral_tables(solution.m, solution.parts)
     constants = tuple(torch.as_tensor(t, **options) for t in tables)
     left, right, m, x = (

@@ -11,7 +11,7 @@ import math
 import numbers
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -90,7 +90,7 @@ def check_positive_int(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
-            value = int(value)
+            value = math.trunc(value)
         else:
             raise TypeError(f"{name} must be an integer, got {value!r}")
     value = int(value)
@@ -215,6 +215,14 @@ def check_array(
     return array
 
 
+@overload
+def check_matrix(
+    array: torch.Tensor, name: str, *, finite: bool = True, meta: bool = False
+) -> torch.Tensor: ...
+@overload
+def check_matrix(
+    array: Any, name: str, *, finite: bool = True, meta: bool = False
+) -> np.ndarray | torch.Tensor: ...
 def check_matrix(
     array: Any, name: str, *, finite: bool = True, meta: bool = False
 ) -> np.ndarray | torch.Tensor:
@@ -397,7 +405,8 @@ def check_spatial_shape(value: Any) -> tuple[int, ...]:
     """The lengths of the spatial axes of a feature map: a non-empty sequence of ints >= 1."""
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value):
         if all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1
+            for v in value
         ):
             return tuple(int(v) for v in value)
     raise ValueError(f"spatial_shape must be a non-empty sequence of ints >= 1, got {value!r}")

@@ -70,6 +70,7 @@ def _main(
 ) -> None:
     """Structured dropout: exact regularizers, global optima, and the paper's experiments."""
 
+
 EXIT_USAGE = 2
 
 
@@ -91,12 +92,12 @@ def _terminate_gracefully() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors that are the user's input or environment, reported in one line."""
+def _user_errors(*also: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """The errors that are the user's input or environment, reported in one line, and ``also``."""
     from ._checkpoint import CheckpointError
     from .experiments._io import InputError
 
-    return (InputError, CheckpointError)
+    return (*also, InputError, CheckpointError)
 
 
 def _environment_error(error: OSError, out: Path) -> str:
@@ -206,7 +207,7 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
             report=announce,
         )
         path = report.write_report(out)
-    except (DivergenceError, *_user_errors()) as error:
+    except _user_errors(DivergenceError) as error:
         _remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:  # writing results or checkpoints: a full disk, a read-only folder

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
@@ -114,6 +114,7 @@ def penalty(U: Array, G: Array, scheme: Scheme) -> Array:
     kind = common_kind(U, G)
     U, G = convert(U, kind), convert(G, kind)
     cbar = _weights(scheme.on_units(), U.shape[1], kind)
+    assert cbar is not None  # None only without a scheme
     return scalar((cbar * (U.T @ U) * (G @ G.T)).sum(), kind)
 
 
@@ -153,7 +154,8 @@ class Gram:
         if kind.is_torch:
             import torch  # loaded: the data hold a tensor
 
-            both = torch.cat([Y, X])
+            assert isinstance(Y, torch.Tensor) and isinstance(X, torch.Tensor)
+            both: Array = torch.cat([Y, X])
         else:
             both = np.concatenate([Y, X])
         with small_work(float(both.shape[0]) * X.shape[0] * X.shape[1]):
@@ -208,24 +210,26 @@ class Gram:
         with np.errstate(all="ignore"), small_work(flops):  # non-finite: reported below
             xx = convert(self.xx, kind)
             if fit:  # Y X^T V and X X^T V in one product
+                assert self.stacked is not None  # from_data with Y
                 products = convert(self.stacked, kind) @ V
                 yx_v, xx_v = products[:a], products[a:]
             elif on_units:
                 xx_v = xx @ V
-            value = 0.0
+            value: Array | float = 0.0
             if fit or on_units:
                 # fit + penalty = ||Y||^2 - 2 <U, Y X^T V> + <(1 + Cbar) * U^T U, V^T X X^T V>
                 weights = _weights(scheme, d, kind, fit) if on_units else None
                 quadratic = (U.T @ U) * (V.T @ xx_v)
                 value = (quadratic if weights is None else weights * quadratic).sum()
             if fit:
+                assert self.yy is not None  # from_data with Y
                 value = convert(self.yy, kind) - 2.0 * (U * yx_v).sum() + value
-            if not on_units:
+            if theta is not None:  # not on_units
                 unit_norms = (U * U).sum(0)
                 weight_norms = (xx.diagonal()[:, None] * V * V).sum(0)
                 value = value + (1.0 - theta) / theta * (unit_norms * weight_norms).sum()
         check.check_result(value, U=U, V=V)
-        return scalar(value, kind)
+        return scalar(cast("Array", value), kind)  # an array: one branch above always runs
 
 
 def linear_penalty(U: Array, V: Array, X: Array, scheme: Scheme) -> Array:
@@ -293,6 +297,7 @@ def sampled_loss(
     U, V = to_numpy(U), to_numpy(V)
     check.check_finite(U, "U")
     check.check_finite(V, "V")
+    assert stats.yx is not None and stats.yy is not None  # built with Y
     xx, yx, yy = to_numpy(stats.xx), to_numpy(stats.yx), float(to_numpy(stats.yy))
     theta = weight_keep_prob(scheme)
     if theta is not None:

@@ -281,13 +281,13 @@ def global_minimum(X: Array, Y: Array, scheme: Scheme, width: int) -> GlobalMini
     # Autograd differentiates the SVD route (finite differences of the Gram route's rounding,
     # eps * cond(X)^2, would blur a gradient check); everything else takes the cheaper route.
     route = "svd" if differentiable else "auto"
-    with small_work(optimum_flops(*x_np.shape, y_np.shape[0])):
+    with small_work(optimum_flops(x_np.shape[0], x_np.shape[1], y_np.shape[0])):
         x_scaled = np.ldexp(x_np, -ex) if ex else x_np
         y_scaled = np.ldexp(y_np, -ey) if ey else y_np
         solution = solve_unit_scale(x_scaled, y_scaled, beta, block_size, route)
     fields = _scaled_back(solution, kind, ex, ey)
     if differentiable:
-        from ._optimum_grad import with_autograd  # imports torch: inputs are tensors
+        from ._optimum_grad import with_autograd  # imports torch: an input is a tensor
 
         fields = with_autograd(fields, X, Y, solution, beta, block_size, ex, ey)
     return GlobalMinimum(
@@ -306,7 +306,9 @@ def _needs_autograd(X: Array, Y: Array, kind: Kind) -> bool:
         return False
     import torch  # loaded: the inputs hold a tensor
 
-    return torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad)
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in (X, Y)
+    )
 
 
 def _scaled_back(solution: ScaledSolution, kind: Kind, ex: int, ey: int) -> dict[str, Any]:
@@ -328,8 +330,8 @@ def _scaled_back(solution: ScaledSolution, kind: Kind, ex: int, ey: int) -> dict
     }
     fields["value"], fields["residual"] = float(value), float(residual)
     if kind.is_torch:
-        fields["value"] = scale_back(value, 0, kind, "the optimum value", "Y")
-        fields["residual"] = scale_back(residual, 0, kind, "the residual", "Y")
+        fields["value"] = scale_back(float(value), 0, kind, "the optimum value", "Y")
+        fields["residual"] = scale_back(float(residual), 0, kind, "the residual", "Y")
     return fields
 
 
@@ -352,6 +354,6 @@ def block_norms(U: Array, V: Array, X: Array, block_size: int) -> Array:
         products = (U.T @ U) * (V.T @ xx @ V)  # (i, j): (u_i^T u_j)(x-weighted v_i^T v_j)
     k = d // block_size
     blocks = products.reshape(k, block_size, k, block_size)
-    squares = blocks.sum(axis=(1, 3)).diagonal()  # NumPy and torch alike
+    squares = blocks.sum(axis=(1, 3)).diagonal()  # type: ignore[call-overload]  # torch takes axis
     check.check_result(squares, U=U, V=V)
     return squares.clip(min=0.0) ** 0.5

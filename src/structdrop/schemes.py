@@ -355,6 +355,12 @@ class SlidingBlock(Scheme):
         object.__setattr__(self, "gamma", gamma)
 
     @property
+    def _gamma(self) -> float:
+        """``gamma``, never None once ``__post_init__`` has run."""
+        assert self.gamma is not None
+        return self.gamma
+
+    @property
     def keep_prob(self) -> float:
         return 1.0 - self.p
 
@@ -364,7 +370,7 @@ class SlidingBlock(Scheme):
 
     @property
     def sampler(self) -> Sampler:
-        return DroppedWindows(float(self.gamma), self.block_size, self.boundary)
+        return DroppedWindows(float(self._gamma), self.block_size, self.boundary)
 
     def windows(self, d: int) -> sparse.csr_matrix:
         """The window incidence matrix for d units (see :func:`window_incidence`)."""
@@ -372,18 +378,18 @@ class SlidingBlock(Scheme):
 
     def mean(self, d: int) -> np.ndarray:
         counts = np.asarray(self.windows(d).sum(axis=0)).ravel()
-        return (1.0 - self.gamma) ** counts
+        return (1.0 - self._gamma) ** counts
 
     def second_moment(self, d: int) -> np.ndarray:
         incidence = self.windows(d)
         counts = np.asarray(incidence.sum(axis=0)).ravel()
         shared = (incidence.T @ incidence).toarray()
         union = counts[:, None] + counts[None, :] - shared
-        return (1.0 - self.gamma) ** union
+        return (1.0 - self._gamma) ** union
 
     def _sample(self, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
         incidence = window_incidence(d, self.block_size, self.boundary)
-        dropped = (rng.random((n, incidence.shape[0])) < self.gamma).astype(np.float64)
+        dropped = (rng.random((n, incidence.shape[0])) < self._gamma).astype(np.float64)
         hits = np.asarray((incidence.T @ dropped.T).T)
         return (hits == 0).astype(np.float64)
 

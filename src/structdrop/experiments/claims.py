@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..ksupport import ksupport_norm
-from ..schemes import Scheme
+from ..schemes import GridBlock, Scheme
 from .sliding import window_drop_rate
 
 Data = dict[str, Any]
@@ -276,10 +276,17 @@ def head_summary(data: Data) -> list[str]:
     ]
 
 
+def _grid_law(run: Data) -> GridBlock:
+    """The law of a gap run: GridBlock, at the drop rate of its width (eq. 7)."""
+    scheme = law(run)
+    assert isinstance(scheme, GridBlock)
+    return scheme
+
+
 def gap_summary(data: Data) -> list[str]:
     """gap: per width, the law (eq. 7), F*, the trained value and the gap."""
     return [
-        f"- d = {r['width']} (p = {law(r).p:.3f}): F* {r['value']:.6g}, trained "
+        f"- d = {r['width']} (p = {_grid_law(r).p:.3f}): F* {r['value']:.6g}, trained "
         f"{r['trained']:.6g}, gap {number(r['gap'])}"
         for r in data["runs"]
     ]

@@ -37,7 +37,9 @@ def paper_dropconnect_objective(
 
 
 def late_relative_difference(
-    iterations: Sequence[int], stochastic: Sequence[float], reference: Sequence[float]
+    iterations: Sequence[int] | np.ndarray,
+    stochastic: Sequence[float] | np.ndarray,
+    reference: Sequence[float] | np.ndarray,
 ) -> float:
     """``sum_k n_k s_k / sum_k n_k r_k - 1`` over the record intervals of the last decade of a
     run: ``s_k`` is the stochastic objective averaged over interval k (``n_k`` steps), ``r_k`` the

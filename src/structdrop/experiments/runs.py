@@ -60,7 +60,9 @@ def run_seed(seed: int, *labels: object) -> int:
     return int(np.random.SeedSequence([seed, key]).generate_state(1)[0])
 
 
-def sweep(function: Callable[..., Any], jobs: list[dict[str, Any]], n_jobs: int | None) -> list:
+def sweep(
+    function: Callable[..., Any], jobs: list[dict[str, Any]], n_jobs: int | None
+) -> list[Any]:
     """``[function(**job) for job in jobs]`` over ``n_jobs`` processes (None: all cores)."""
     return run_sweep(function, jobs, n_jobs=n_jobs)
 

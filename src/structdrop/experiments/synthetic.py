@@ -37,8 +37,8 @@ from ..optimum import (
 )
 from ..schemes import Bernoulli, DropConnect, GridBlock, Scheme
 from .config import Config, Data, head_data, make_data
-from .driver import check_figures, run, run_figure
-from .figures import headline
+from .driver import run, run_figure
+from .figures import check_figures, headline
 from .formulas import ema
 from .runs import gd_run, optimum_summary, run_job, run_seed, sgd_run, sweep
 from .sliding import sliding_variants, window_drop_rate
@@ -267,7 +267,7 @@ def head(config: Config, folder: Path, progress: bool = False) -> dict[str, Any]
     results = sweep(gd_run, jobs, config.n_jobs)
     shown = config.head_tail + 1
     runs = [
-        _head_run(r, opt, result, dropout.singular_values, shown)
+        _head_run(r, opt, result, np.asarray(dropout.singular_values), shown)
         for r, opt, result in zip(config.head_block_sizes, optima, results, strict=True)
     ]
     dropout_run = next(run for run in runs if run["block_size"] == 1)

@@ -41,11 +41,12 @@ def objective_and_gradient(
 ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     """``f`` and its gradient as one function of the flattened ``(U, V)`` (U's a x d entries,
     then V's b x d), for the data of ``stats`` (see the module docstring)."""
-    xx, yx, yy = (to_numpy(s) for s in (stats.xx, stats.yx, stats.yy))
-    yy = float(yy)
+    assert stats.yx is not None and stats.yy is not None  # statistics of X and Y
+    xx, yx = to_numpy(stats.xx), to_numpy(stats.yx)
+    yy = float(to_numpy(stats.yy))
     theta = weight_keep_prob(scheme)
     on_weights = theta is not None
-    if on_weights:
+    if theta is not None:  # on_weights
         weight = np.ones((d, d))
         strength = (1.0 - theta) / theta
         x_norms = np.diag(xx)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ class RunState:
     position: int  # index into the record points reached
     expected: list[float]
     stochastic: list[float]
-    rng_state: dict[str, Any]
+    rng_state: Mapping[str, Any]
 
     @classmethod
     def start(
@@ -264,6 +264,7 @@ def fit_sgd(
             U_init, V_init, float(stats.expected_loss(U_init, V_init, scheme)), rng
         )
     rng.bit_generator.state = state.rng_state
+    assert stats.yy is not None  # from_data with Y
     limit = 1e8 * max(state.expected[0] / n_samples, float(stats.yy) / n_samples, 1e-300)
     steps = _Steps(np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T), scheme, lr, decay, limit)
     bar = _progress(iterations, points[state.position], progress)

@@ -82,7 +82,7 @@ class PerSampleDropConnect(torch.autograd.Function):
             scaled = weight / keep
             for start, stop, mask in _chunk_masks(n, ctx.chunk_size, weight, keep, ctx.seed):
                 g = grad_output[start:stop]
-                if need_input:
+                if grad_input is not None:  # need_input
                     grad_input[start:stop] = torch.bmm(g.unsqueeze(1), mask * scaled).squeeze(1)
                 if need_weight:
                     # sum_n M_n * (g_n x_n^T) / keep

@@ -104,7 +104,9 @@ def _incidence(scheme: Scheme, d: int, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _incidence_cached(scheme: Scheme, d: int, device: torch.device) -> torch.Tensor:
-    dense = scheme.sampler.incidence(d).toarray().astype(np.float32)
+    sampler = scheme.sampler
+    assert isinstance(sampler, DroppedWindows)
+    dense = sampler.incidence(d).toarray().astype(np.float32)
     return torch.from_numpy(dense).to(device)
 
 
@@ -122,7 +124,9 @@ def _finite_masks(scheme: Scheme, device: torch.device, dtype: torch.dtype) -> t
 
 @functools.lru_cache(maxsize=64)
 def _finite_masks_cached(scheme: Scheme, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(scheme.sampler.masks.copy()).to(device=device, dtype=dtype)
+    sampler = scheme.sampler
+    assert isinstance(sampler, FiniteMasks)
+    return torch.from_numpy(sampler.masks.copy()).to(device=device, dtype=dtype)
 
 
 @host_constant
@@ -133,7 +137,9 @@ def _finite_cdf(scheme: Scheme, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _finite_cdf_cached(scheme: Scheme, device: torch.device) -> torch.Tensor:
-    cdf = np.cumsum(scheme.sampler.probs)
+    sampler = scheme.sampler
+    assert isinstance(sampler, FiniteMasks)
+    cdf = np.cumsum(sampler.probs)
     return torch.from_numpy(cdf).to(device=device, dtype=exact_dtype(device))
 
 
@@ -202,7 +208,7 @@ def draw_masks(
     sampler = scheme.sampler
     if isinstance(sampler, IndependentBlocks):
         r = sampler.block_size
-        options = {"dtype": dtype, "device": device, "generator": generator}
+        options: dict[str, Any] = {"dtype": dtype, "device": device, "generator": generator}
         if r == 1:
             return keep_mask((*shape, d), sampler.keep_prob, **options)
         kept = keep_mask((*shape, d // r, 1), sampler.keep_prob, **options)

@@ -85,7 +85,9 @@ def dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Scheme
     if is_compiling() or features.device.type != "cpu":
         weight, features = check.check_weight_and_features(weight, features)
         return _characteristic_form(weight, features, scheme)
-    return penalty(weight, features.T, scheme)
+    value = penalty(weight, features.T, scheme)
+    assert isinstance(value, torch.Tensor)  # tensors in, a tensor out
+    return value
 
 
 def _characteristic_form(

@@ -133,7 +133,7 @@ def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     if proxy is None:
         return None
     try:
-        path = proxy.tracer.path_of_module(module)
+        path = proxy.tracer.path_of_module(module)  # type: ignore[attr-defined]  # fx.Tracer only
     except NameError:
         return None
     if not path:

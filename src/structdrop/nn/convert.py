@@ -99,7 +99,9 @@ def _known_classes() -> list[tuple[type, bool, Mapping]]:
     return found
 
 
-def _replacement(layer: nn.Module, known: list, options: dict[str, Any]) -> nn.Module | None:
+def _replacement(
+    layer: nn.Module, known: list[tuple[type, bool, Mapping]], options: dict[str, Any]
+) -> nn.Module | None:
     """Our layer for ``layer`` (None when it is not a known DropBlock)."""
     for cls, three_d, mapping in known:  # 3-D classes first: they may subclass the 2-D ones
         if isinstance(layer, cls):
@@ -110,7 +112,10 @@ def _replacement(layer: nn.Module, known: list, options: dict[str, Any]) -> nn.M
 
 
 def _convert_children(
-    module: nn.Module, known: list, options: dict[str, Any], done: dict[int, nn.Module]
+    module: nn.Module,
+    known: list[tuple[type, bool, Mapping]],
+    options: dict[str, Any],
+    done: dict[int, nn.Module],
 ) -> None:
     """Replace the known layers below ``module``. ``done`` maps each layer already replaced to
     its replacement, so that a layer used twice (or under two names) becomes one layer used

@@ -101,6 +101,7 @@ class _DropBlockNd(nn.Module):
     """
 
     _spatial_dims: int = 0
+    _rate: torch.Tensor  # set with p
 
     def __init__(
         self,
@@ -135,12 +136,13 @@ class _DropBlockNd(nn.Module):
 
     @property
     def p(self) -> float:
-        """The drop probability, in [0, 1]."""
+        """The drop probability, in [0, 1]. Setting it writes the layer's rate tensor in
+        place, which compiled code reads: a new ``p`` does not recompile."""
         return self._p
 
     @p.setter
     def p(self, value: float) -> None:
-        self._p = check.check_drop_rate(value)
+        self._set_rate(check.check_drop_rate(value))
 
     @property
     def drop_prob(self) -> float:
@@ -149,7 +151,14 @@ class _DropBlockNd(nn.Module):
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
-        self._p = check.check_drop_rate(value, "drop_prob")
+        self._set_rate(check.check_drop_rate(value, "drop_prob"))
+
+    def _set_rate(self, p: float) -> None:
+        self._p = p
+        if "_rate" in self.__dict__:
+            self._rate.fill_(p)
+        else:  # a plain attribute, not a buffer: it stays on the CPU and out of state_dict
+            self._rate = torch.tensor([p], dtype=torch.float64)
 
     @fx_leaf
     def forward(
@@ -157,7 +166,7 @@ class _DropBlockNd(nn.Module):
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
         generator = generator if generator is not None else self.generator
-        return drop_block_masked(input, self._p, self.options, self.training, generator)
+        return drop_block_masked(input, self._rate, self.options, self.training, generator)
 
     def extra_repr(self) -> str:
         options = self.options

@@ -115,7 +115,7 @@ class DropRateSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule's state (not the layers'), for checkpoints."""
-        state = {
+        state: dict[str, Any] = {
             "last_step": self.last_step,
             "start": self.start,
             "stop": self.stop,

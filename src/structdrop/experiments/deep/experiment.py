@@ -134,7 +134,8 @@ def run_deep(
     finished = None if force else _finished_results(json_path)
     wanted = _io.normalized(config.identity())
     if finished is not None and finished.get("config") != wanted:
-        made = finished.get("config") if isinstance(finished.get("config"), dict) else {}
+        found = finished.get("config")
+        made = found if isinstance(found, dict) else {}
         changed = sorted(key for key in {*made, *wanted} if made.get(key) != wanted.get(key))
         _refuse(json_path, f"other settings ({', '.join(changed)} differ)")
     procs = processes(config)

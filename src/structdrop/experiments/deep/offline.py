@@ -27,9 +27,12 @@ import math
 import warnings
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -152,7 +155,7 @@ def _describe_magic(magic: int) -> str:
     return f"0x{magic:08x} ({kind} in {magic & 0xFF} dimensions)"
 
 
-def _read_exactly(stream: BinaryIO, count: int) -> bytes:
+def _read_exactly(stream: SupportsRead[bytes], count: int) -> bytes:
     """``count`` bytes of ``stream``, or fewer when it ends first."""
     chunks, left = [], count
     while left > 0:

@@ -80,7 +80,9 @@ def theoretical_minimum(Y: np.ndarray, scheme: Scheme, width: int) -> Theory | N
     if law is None:
         return None
     beta = regularization_strength(law, width)
-    r = law.sampler.block_size
+    sampler = law.sampler
+    assert isinstance(sampler, IndependentBlocks)  # see closed_form_law
+    r = sampler.block_size
     m = np.linalg.svd(np.asarray(Y, dtype=np.float64), compute_uv=False)
     x = np.asarray(prox_ksupport_sq(m, beta, r))
     value = float(np.sum((m - x) ** 2) + beta * float(ksupport_norm(x, r)) ** 2)

@@ -16,8 +16,9 @@ pass, and the backward is differentiable again.
 To ``torch.compile`` and ``torch.export`` the operator is one node with the input's shape (its
 fake implementation): nothing of the host computation (window counts, the gamma rules, the
 bisection, the cached ``1 / mu``) enters a graph, and a model with DropBlock on maps of many
-sizes traces like one with ``F.dropout``. ``p`` reaches the operator as a 0-d float64 CPU
-tensor, so that a :class:`structdrop.nn.DropRateSchedule` changing it does not recompile.
+sizes traces like one with ``F.dropout``. ``p`` reaches the operator as a one-element float64
+CPU tensor: a layer keeps its rate in one and a :class:`structdrop.nn.DropRateSchedule` changes it
+in place, so a new rate does not recompile.
 """
 
 from __future__ import annotations
@@ -66,13 +67,18 @@ def _drop_block(
     method: str,
 ) -> Tensor:
     """``input`` times the DropBlock mask of ``seed`` (see the module docstring)."""
+    rate = float(p)
+    if rate == 0.0:
+        return input.clone()
+    if rate == 1.0:
+        return input * 0.0
     n, c, *sizes = input.shape
     spatial, block = tuple(sizes), tuple(block_size)
     shape = (1 if batchwise else n, 1 if shared_channels else c, *spatial)
     if input.numel() == 0:
         return input.clone()
     rule = gamma_value if gamma_rule == "value" else gamma_rule
-    gamma = window_gamma(float(p), spatial, block, boundary, rule)
+    gamma = window_gamma(rate, spatial, block, boundary, rule)
     inverse = inverse_keep_prob(spatial, block, boundary, gamma, input.device, input.dtype)
     generator = torch.Generator(device=input.device)
     generator.manual_seed(int(seed))
@@ -122,7 +128,7 @@ def check_feature_maps(input: Tensor, options: DropBlockOptions) -> None:
 
 def drop_block_masked(
     input: Tensor,
-    p: float,
+    p: float | Tensor,
     options: DropBlockOptions,
     training: bool = True,
     generator: torch.Generator | None = None,
@@ -130,12 +136,26 @@ def drop_block_masked(
     """Sliding DropBlock of ``input`` (``(N, C, *spatial)``, floating) at drop rate ``p`` in
     [0, 1] with validated ``options``: ``input`` itself when not ``training`` or ``p = 0``,
     ``input * 0`` when ``p = 1``, else the operator's output (``input``, multiplied in place,
-    when ``options.inplace``)."""
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return zero_output(input, options.inplace)
+    when ``options.inplace``).
+
+    ``p`` is a float, or a one-element float64 CPU tensor (a layer's rate, which a schedule
+    changes in place): traced code then never reads its value, so a new rate needs no
+    recompilation, and ``p = 0`` or ``1`` is left to the operator (a copy of the input, or
+    ``input * 0``)."""
     check_feature_maps(input, options)
+    if not training:
+        return input
+    if isinstance(p, Tensor):
+        rate = p
+        value = None if torch.compiler.is_compiling() else float(p)
+    else:
+        # ones * p, not a factory taking p: Dynamo keeps a changing p symbolic in arithmetic
+        # with a tensor, while a factory function would specialize it (a recompile per p)
+        rate, value = torch.ones(1, dtype=torch.float64) * p, p
+    if value == 0.0:
+        return input
+    if value == 1.0:
+        return zero_output(input, options.inplace)
     check_traceable_generator(generator)
     block = options.blocks(input.ndim - 2)
     if input.is_meta:  # shape propagation: no draw
@@ -144,10 +164,7 @@ def drop_block_masked(
         seed = torch.randint(SEED_BOUND, (), dtype=torch.int64)
     else:
         seed = torch.randint(SEED_BOUND, (), generator=generator, device=generator.device).cpu()
-    # ones * p, not a factory taking p: Dynamo keeps a changing p symbolic in arithmetic with a
-    # tensor, while a factory function would specialize it (a recompile per p)
-    rate = torch.ones((), dtype=torch.float64) * p
-    rule, value = (
+    rule, gamma = (
         (options.gamma, 0.0) if isinstance(options.gamma, str) else ("value", options.gamma)
     )
     output = drop_block_op(
@@ -157,7 +174,7 @@ def drop_block_masked(
         list(block),
         options.boundary,
         rule,
-        value,
+        gamma,
         options.scale,
         options.eps,
         options.shared_channels,

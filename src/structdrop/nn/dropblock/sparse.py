@@ -131,7 +131,7 @@ def _dropped_units(
     planes = shape[0] * shape[1]
     per_plane = math.prod(geometry.candidates)
     contiguous = strides is None or strides == _contiguous_strides(shape)
-    spatial_strides = None if contiguous else strides[2:]
+    spatial_strides = None if contiguous or strides is None else strides[2:]
     positions = dropped_positions(planes * per_plane, gamma, device, generator)
     plane = positions // per_plane
     rem = positions % per_plane
@@ -142,6 +142,7 @@ def _dropped_units(
     if contiguous:
         base = plane * math.prod(geometry.spatial)
     else:
+        assert strides is not None  # None is contiguous
         base = plane.div(shape[1], rounding_mode="floor") * strides[0]
         base += (plane % shape[1]) * strides[1]
     return (units + base[:, None]).view(-1)
