@@ -436,7 +436,7 @@ def test_an_empty_checkpoint_path_says_what_is_wrong(checkpoint: str) -> None:
 
 def test_a_folder_as_checkpoint_says_what_is_wrong(tmp_path: Path) -> None:
     X, Y, U0, V0 = low_rank_problem()
-    with pytest.raises(ValueError, match="checkpoint must be a file path, got the folder"):
+    with pytest.raises(CheckpointError, match="is a folder where a checkpoint file should be"):
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path, **SETTINGS)
 
 

@@ -119,10 +119,6 @@ def _user_error(error: BaseException) -> str:
     return str(error)
 
 
-#: How the sweeps refuse a folder in place of a checkpoint file (then the folder's path).
-_CHECKPOINT_FOLDER = "checkpoint must be a file path, got the folder "
-
-
 def _remove_if_empty(out: Path, existed: bool) -> None:
     """Remove ``out`` if this command created it and it is still empty."""
     if existed:
@@ -213,11 +209,6 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
     except OSError as error:  # writing results or checkpoints: a full disk, a read-only folder
         _remove_if_empty(out, existed)
         fail(_environment_error(error, out))
-    except ValueError as error:
-        folder = str(error).removeprefix(_CHECKPOINT_FOLDER)
-        if folder == str(error):
-            raise
-        fail(f"{folder} is a folder where a checkpoint file should be; remove it")
     typer.echo(f"report: {path}")
 
 
@@ -338,6 +329,7 @@ def _deep(
 ) -> None:
     from . import _validation as check
     from .experiments import _io, deep, report
+    from .linear import DivergenceError
 
     existed = out.exists()
     try:
@@ -360,17 +352,12 @@ def _deep(
             path = report.write_report(out)
     except KeyboardInterrupt:  # before looking up deep.MissingDataError (torch, maybe half-loaded)
         raise
-    except (deep.MissingDataError, *_user_errors()) as error:
+    except (deep.MissingDataError, *_user_errors(DivergenceError)) as error:
         _remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:  # the data, results or checkpoints: unreadable, read-only, full
         _remove_if_empty(out, existed)
         fail(_environment_error(error, out))
-    except ValueError as error:
-        if "must be finite" not in str(error):
-            raise
-        _remove_if_empty(out, existed)
-        fail(f"the run diverged (weights or loss not finite at --lr {config.lr:g}); lower --lr")
     if not procs.main:
         return
     gap = data.get("gap")

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _validation as check
 from .._arrays import to_numpy
-from .._checkpoint import check_array, load_checkpoint, save_checkpoint
+from .._checkpoint import CheckpointError, check_array, load_checkpoint, save_checkpoint
 from .._validation import as_generator
 from ..objectives import Gram, weight_keep_prob
 from ..schemes import Scheme, check_scheme
@@ -189,7 +189,7 @@ def _checkpoint_path(checkpoint: str | os.PathLike[str] | None) -> Path | None:
         raise ValueError(f"checkpoint must be a file path or None, got {checkpoint!r}")
     path = Path(checkpoint)
     if path.is_dir():
-        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+        raise CheckpointError(path, "is a folder where a checkpoint file should be", "remove it")
     return path
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...linear.sgd import DivergenceError
 from ...objectives import penalty
 from ...optimum import block_norms
 from ...schemes import Scheme
@@ -43,9 +44,14 @@ def evaluate(
     Returns:
         ``objective``, ``fit``, ``penalty``, ``singular_values`` (descending) and
         ``block_norms`` (d / r of them, r the scheme's block size).
+
+    Raises:
+        DivergenceError: the training diverged (features or weights not finite).
     """
     G = features(model, data, procs, amp)
     U = model.head.weight.detach().double().cpu()
+    if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(U).all())):
+        raise DivergenceError("the features or the last layer's weights are not finite")
     gram = G @ G.T
     cross = data.targets() @ G.T
     fit = len(data) - 2.0 * (U * cross).sum() + ((U.T @ U) * gram).sum()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import _validation as check
+from ...linear.sgd import DivergenceError
 from .checkpoint import load_state, save_state
 from .config import DeepConfig, make_scheme
 from .data import ImageData, load_images
@@ -151,10 +152,18 @@ class Recipe:
         )
 
     # ----------------------------------------------------------------------------- training
+    def evaluate(self) -> dict[str, Any]:
+        """The deterministic objective now; a DivergenceError names the learning rate."""
+        try:
+            return evaluate(self.model, self.data, self.scheme, self.procs, self.config.amp)
+        except DivergenceError as error:
+            raise DivergenceError(
+                f"the run diverged ({error} at --lr {self.config.lr:g}); lower --lr"
+            ) from None
+
     def evaluate_at(self, step: int) -> None:
         """Record the deterministic objective at iteration ``step``."""
-        evaluation = evaluate(self.model, self.data, self.scheme, self.procs, self.config.amp)
-        record(self.history, step, evaluation)
+        record(self.history, step, self.evaluate())
 
     def train_step(self, batch: torch.Tensor, step: int) -> torch.Tensor:
         """One optimizer step on global batch ``batch`` (sample indices); returns this
@@ -252,7 +261,7 @@ class Recipe:
                 bar.close()
                 raise Interrupted(f"interrupted after epoch {epoch + 1}")
         bar.close()
-        final = evaluate(self.model, self.data, self.scheme, self.procs, self.config.amp)
+        final = self.evaluate()
         return TrainResult(
             self.model,
             self.history,
