@@ -3,11 +3,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-numerics reproduce lint bench clean
+.PHONY: test test-numerics reproduce lint bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[experiments,mnist,bench,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[experiments,mnist,bench,dev,docs]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sgd.py
 	$(BIN)/python benchmarks/bench_layers.py
 	$(BIN)/python benchmarks/bench_deep.py
+
+# the documentation site (mkdocs.yml) -> site/; strict: any warning fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -279,7 +279,10 @@ def sampled_loss(
     ``O(d^2)`` per mask); DropConnect draws a fresh (b, d) mask of V per sample.
 
     Args:
-        Y, U, V, X: as in :func:`expected_loss`.
+        Y: (a, N) targets.
+        U: (a, d) output weights.
+        V: (b, d) input weights.
+        X: (b, N) inputs.
         scheme: the mask law.
         num_samples: number of masks, >= 2 (the standard error needs two).
         seed: a ``numpy.random.Generator``, an integer seed, or None.

@@ -133,6 +133,7 @@ def _figure(name: str, title: str, summary: Callable[[Data], list[str]], **field
     return Figure(name=name, title=title, summary=summary, **fields)
 
 
+#: Every synthetic figure by its name (``fig1``, ...), in the order they are run and reported.
 FIGURES: dict[str, Figure] = {
     figure.name: figure
     for figure in (

@@ -24,10 +24,13 @@ def paper_dropconnect_objective(
 
     This is Dropout's expected objective (Cor. 3.2), and it is the DropConnect expectation only
     when ``X X^T`` is diagonal; the exact one is ``expected_loss(Y, U, V, X, DropConnect(p))``
-    (docs/theory.md, "DropConnect on V").
+    (docs/theory.md#dropconnect).
 
     Args:
-        Y: (a, N) targets. U: (a, d). V: (b, d). X: (b, N) inputs.
+        Y: (a, N) targets.
+        U: (a, d) output weights.
+        V: (b, d) input weights.
+        X: (b, N) inputs.
         scheme: the law whose keep probability ``theta`` enters the formula (DropConnect(p)).
     """
     theta = check_scheme(scheme).keep_prob

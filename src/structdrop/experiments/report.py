@@ -116,7 +116,7 @@ CLOSE_GAP = 0.25
 #: data set and configuration (percentage points as a fraction; docs/deep.md, "Spread across
 #: seeds and machines"): a verdict whose gap is further than this from a threshold cannot be
 #: flipped by another seed or machine.
-MEASURED_GAP_SPREAD = 0.01
+MEASURED_GAP_SPREAD = 0.006
 
 
 def _robustness(gap: float) -> str:

@@ -322,7 +322,7 @@ def gap(config: Config, folder: Path, progress: bool = False) -> dict[str, Any]:
     """Beyond the paper: the fixed-width gap. A rank-80 truth with GridBlock(0.1, 5) at width 50
     has rank(A*) > 50, so the width-50 minimum stays above F*; at larger widths, with the drop
     rate rescaled by eq. 7 so that beta (hence A* and F*) is unchanged, the gap closes once
-    ``d >= rank(A*)`` (docs/theory.md, "Tightness needs width")."""
+    ``d >= rank(A*)`` (docs/theory.md#width-scaling, "Tightness needs width")."""
     r = config.block_size
     beta = regularization_strength(GridBlock(config.gap_p, r), config.width)
     base = make_data(config, truth_rank=config.gap_truth_rank)

@@ -87,7 +87,10 @@ def fit_gd(
     at the width of U0 and V0, by L-BFGS from (U0, V0).
 
     Args:
-        X: (b, N) inputs. Y: (a, N) targets. U0: (a, d), V0: (b, d) starting point.
+        X: (b, N) inputs.
+        Y: (a, N) targets.
+        U0: (a, d) starting point of U.
+        V0: (b, d) starting point of V.
         scheme: the mask law.
         max_iterations: L-BFGS iteration cap.
         tol: relative reduction of the objective below which L-BFGS stops.

@@ -214,7 +214,10 @@ def fit_sgd(
     ``1 / mu`` (eq. 13); DropConnect masks V's entries, scaled by ``1 / theta`` (eq. 19).
 
     Args:
-        X: (b, N) inputs. Y: (a, N) targets. U0: (a, d), V0: (b, d) initial weights (not modified).
+        X: (b, N) inputs.
+        Y: (a, N) targets.
+        U0: (a, d) initial U (not modified).
+        V0: (b, d) initial V (not modified).
         scheme: the mask law.
         lr: learning rate eta > 0 (steps 8-9 of Algorithm 1, gradient factor 2 absorbed).
         iterations: number of SGD steps.

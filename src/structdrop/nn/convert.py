@@ -4,7 +4,7 @@
 only when its package is importable) by :class:`~structdrop.nn.DropBlock2d` or
 :class:`~structdrop.nn.DropBlock3d` with the same drop rate and block size, mapping what each
 package means by its layer onto our options. What changes is what those layers get wrong
-(docs/theory.md, "What existing layers get wrong"): the window drop probability (first-order or
+(docs/theory.md#existing-dropblock-layers): the window drop probability (first-order or
 under-dropping there, exact here: ``gamma="mean"`` gives the mean drop rate ``p``) and the
 scaling (the batch's kept fraction there, the exact per-unit ``1 / mu`` here).
 """
@@ -142,17 +142,13 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     Each package is looked for only when it is importable. The mapping (``**options``
     override any entry, e.g. ``gamma="interior"`` or ``method="dense"``):
 
-    ============================================ =========================================
-    layer                                        replacement
-    ============================================ =========================================
-    ``torchvision.ops.DropBlock2d/3d(p, b,``     ``DropBlock2d/3d(p, b, inplace, eps,``
-    ``inplace, eps)``                            ``boundary="valid", shared_channels=False)``
-    timm ``DropBlock2d(drop_prob, b,``           ``DropBlock2d(min(gamma_scale * drop_prob,``
-    ``gamma_scale, inplace, couple_channels)``   ``1), b, inplace, boundary="clipped",``
-                                                 ``shared_channels=couple_channels)``
-    ``dropblock.DropBlock2D/3D(drop_prob, b)``   ``DropBlock2d/3d(drop_prob, b,``
-                                                 ``boundary="clipped", shared_channels=True)``
-    ============================================ =========================================
+    * ``torchvision.ops.DropBlock2d/3d(p, b, inplace, eps)`` becomes
+      ``DropBlock2d/3d(p, b, inplace, eps, boundary="valid", shared_channels=False)``;
+    * timm's ``DropBlock2d(drop_prob, b, gamma_scale, inplace, couple_channels)`` becomes
+      ``DropBlock2d(min(gamma_scale * drop_prob, 1), b, inplace, boundary="clipped",
+      shared_channels=couple_channels)``;
+    * ``dropblock.DropBlock2D/3D(drop_prob, b)`` becomes
+      ``DropBlock2d/3d(drop_prob, b, boundary="clipped", shared_channels=True)``.
 
     Every replacement keeps our defaults otherwise: ``gamma="mean"`` (the mean drop rate over
     the map is exactly ``p``, where torchvision and timm use Ghiasi's first-order formula and
@@ -179,11 +175,15 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
         TypeError: ``model`` is not a module, or is a scripted one (convert before
             ``torch.jit.script``).
 
-    Example::
+    Examples:
+        ```python
+        import timm
+        from structdrop import nn as sdnn
 
-        model = timm.create_model("resnet50", drop_block_rate=0.1)
+        model = timm.create_model("resnet18", drop_block_rate=0.1)
         sdnn.convert_dropblock(model)                     # exact DropBlock, timm's semantics
         schedule = sdnn.DropRateSchedule(model, stop=0.1, steps=5000)
+        ```
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -209,7 +209,7 @@ _DROPBLOCK_DOC = """Ghiasi et al.'s sliding DropBlock on {kind} maps, exact per 
     torchvision; or centred on any unit and clipped: ``"clipped"``, as timm) is dropped with
     probability ``gamma``, and a unit is kept iff no dropped window covers it: its keep
     probability is exactly ``mu_i = (1 - gamma)^{{n_i}}`` with ``n_i`` the windows covering it
-    (docs/theory.md, sliding DropBlock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
+    (docs/theory.md#sliding-dropblock; in 1-D the law of :class:`structdrop.SlidingBlock`). See
     :func:`structdrop.nn.functional.drop_block`.
 
     The first four arguments are torchvision's ``DropBlock2d(p, block_size, inplace, eps)``;

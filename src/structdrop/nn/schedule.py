@@ -65,7 +65,7 @@ class DropRateSchedule:
         steps: the number of steps of the warm-up, >= 1.
         start: the initial drop probability, in [0, 1).
 
-    Example:
+    Examples:
         >>> from structdrop import nn as sdnn
         >>> blocks = [sdnn.BlockDropout(0.0, 4), sdnn.BlockDropout(0.0, 2)]
         >>> schedule = sdnn.DropRateSchedule(blocks, stop=0.2, steps=4)

@@ -22,6 +22,7 @@ from .evaluation import empty_history
 
 __all__ = ["CHECKPOINT_KIND", "check_state", "load_state", "save_state"]
 
+#: The kind of run a Fig. 2 checkpoint is bound to: a checkpoint of another kind is refused.
 CHECKPOINT_KIND = "structdrop.experiments.deep.train"
 
 

@@ -38,7 +38,9 @@ __all__ = [
     "scheme_laws",
 ]
 
+#: The data sets of ``DeepConfig.dataset`` (the command line's ``--dataset``).
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic32")
+#: The feature extractors of ``DeepConfig.trunk`` (the command line's ``--trunk``).
 TRUNKS: tuple[str, ...] = ("resnet50", "resnet18", "tiny")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 #: Where torchvision's data set files are looked for (and downloaded to) by default.

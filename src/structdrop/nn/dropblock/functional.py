@@ -4,7 +4,7 @@ Ghiasi et al.'s DropBlock drops every candidate window of ``block_size`` units i
 with probability ``gamma``; a unit is kept iff no dropped window covers it. The windows
 (``boundary="valid"`` as torchvision and TensorFlow, ``"clipped"`` as timm) are described in
 :mod:`.rates`. With ``n_i`` windows covering unit ``i`` the exact keep probability is
-``mu_i = (1 - gamma)^n_i`` (docs/theory.md, "Sec. 5.3"); in 1-D the mask law is exactly
+``mu_i = (1 - gamma)^n_i`` (docs/theory.md#sliding-dropblock); in 1-D the mask law is exactly
 ``structdrop.SlidingBlock(p, r, boundary=boundary, gamma=gamma)``. The default scaling divides
 unit ``i`` by ``mu_i``, so ``E[output] = input`` per unit, also at the borders.
 
@@ -54,7 +54,7 @@ def window_drop_prob(
 ) -> float:
     """The probability ``gamma`` with which each candidate window is dropped.
 
-    Rules (docs/theory.md, "Sec. 5.3 (matching sliding DropBlock to the grid form), corrected"):
+    Rules (docs/theory.md#sliding-dropblock):
 
     * ``"mean"``: the unique gamma with ``mean_i (1 - gamma)^{n_i} = 1 - p``, so the mean drop
       rate over the map is exactly ``p`` (solved by bisection in float64).
@@ -71,7 +71,7 @@ def window_drop_prob(
         p: drop probability, in [0, 1).
         block_size: block extent ``r``, an int or one int per spatial axis.
         spatial_shape: the lengths ``L`` of the spatial axes.
-        boundary: ``"valid"`` or ``"clipped"`` (see :mod:`._windows`).
+        boundary: ``"valid"`` or ``"clipped"`` (see :mod:`.rates`).
         rule: ``"mean"``, ``"interior"`` or ``"ghiasi"``; a float in [0, 1) is returned as is.
 
     Returns:
@@ -95,8 +95,9 @@ def drop_block_keep_prob(
 ) -> Tensor:
     """Exact per-unit keep probabilities ``mu_i = (1 - gamma)^{n_i}`` of a sliding DropBlock.
 
-    ``n_i`` is the number of candidate windows covering unit ``i`` (docs/theory.md, "Sec. 5.3 ...
-    corrected"); in 1-D this is ``structdrop.SlidingBlock(p, r, boundary, gamma).mean(L)``.
+    ``n_i`` is the number of candidate windows covering unit ``i``
+    (docs/theory.md#sliding-dropblock); in 1-D this is
+    ``structdrop.SlidingBlock(p, r, boundary, gamma).mean(L)``.
 
     Args:
         spatial_shape: the lengths of the spatial axes.
@@ -137,10 +138,10 @@ def drop_block(
 ) -> Tensor:
     """Sliding DropBlock (Ghiasi et al., 2018) on ``(N, C, *spatial)`` input, exact per unit.
 
-    Every candidate window (see :mod:`._windows` for ``boundary``) is dropped independently
+    Every candidate window (see :mod:`.rates` for ``boundary``) is dropped independently
     with probability ``gamma``; unit ``i`` is kept with probability ``mu_i = (1 - gamma)^{n_i}``
     and, with ``scale="expected"``, multiplied by ``1 / mu_i``, so ``E[output] = input`` per
-    unit (docs/theory.md, "Sec. 5.3 ... corrected": existing layers scale by the batch's kept
+    unit (docs/theory.md#sliding-dropblock: existing layers scale by the batch's kept
     fraction, which is biased at the borders and couples samples).
 
     The first six arguments are torchvision's ``drop_block2d(input, p, block_size, inplace,
@@ -233,8 +234,9 @@ _ND_ARGS = """Args:
         inplace: multiply the input in place (torchvision's third positional argument).
         eps: used by ``scale="batch"`` only, as torchvision's; see :func:`drop_block`.
         training: apply DropBlock; when False, ``input`` itself is returned.
-        boundary, gamma, scale, shared_channels, batchwise, method, generator: keyword-only,
-            as in :func:`drop_block`.
+
+    The keyword-only arguments ``boundary``, ``gamma``, ``scale``, ``shared_channels``,
+    ``batchwise``, ``method`` and ``generator`` are those of :func:`drop_block`.
 
     Returns:
         A tensor of the input's shape, dtype, device and memory format."""
@@ -244,7 +246,7 @@ drop_block1d = _with_spatial_dims(
     1,
     "drop_block1d",
     f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
-    docs/theory.md, Sec. 5.3 corrected): the masks of
+    docs/theory.md#sliding-dropblock): the masks of
     ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel, scaled by the exact inverse
     keep probabilities.
 
@@ -255,7 +257,7 @@ drop_block2d = _with_spatial_dims(
     2,
     "drop_block2d",
     f"""Sliding DropBlock on ``(N, C, H, W)`` input (Ghiasi et al., 2018;
-    docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
+    docs/theory.md#sliding-dropblock), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block2d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, H, W)")}
@@ -265,7 +267,7 @@ drop_block3d = _with_spatial_dims(
     3,
     "drop_block3d",
     f"""Sliding DropBlock on ``(N, C, D, H, W)`` input (Ghiasi et al., 2018;
-    docs/theory.md Sec. 5.3 corrected), exact per-unit keep probabilities and unbiased scaling by
+    docs/theory.md#sliding-dropblock), exact per-unit keep probabilities and unbiased scaling by
     default. A drop-in for ``torchvision.ops.drop_block3d`` (same first six arguments).
 
     {_ND_ARGS.format(shape="(N, C, D, H, W)")}

@@ -7,11 +7,11 @@ seed from ``generator`` (torch's default generator when None) and calls the oper
                            scale, eps, shared_channels, batchwise, method) -> output
 
 which multiplies ``input`` by the mask that ``seed`` determines: unit ``i`` kept with
-probability ``mu_i = (1 - gamma)^{n_i}`` and scaled by ``1 / mu_i`` (docs/theory.md,
-"Sec. 5.3 ... corrected"), by the sparse sampler on a CPU and the dense one elsewhere. The
-output is ``input * mask`` with a mask that does not depend on ``input``, so the gradient is the
-same operator on the gradient with the same seed: nothing but the seed is kept for the backward
-pass, and the backward is differentiable again.
+probability ``mu_i = (1 - gamma)^{n_i}`` and scaled by ``1 / mu_i``
+(docs/theory.md#sliding-dropblock), by the sparse sampler on a CPU and the dense one elsewhere.
+The output is ``input * mask`` with a mask that does not depend on ``input``, so the gradient is
+the same operator on the gradient with the same seed: nothing but the seed is kept for the
+backward pass, and the backward is differentiable again.
 
 To ``torch.compile`` and ``torch.export`` the operator is one node with the input's shape (its
 fake implementation): nothing of the host computation (window counts, the gamma rules, the

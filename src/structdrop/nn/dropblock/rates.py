@@ -9,11 +9,11 @@ Windows are products of 1-D windows, one per spatial axis of length ``L`` with b
 
 In 1-D these are the windows of :func:`structdrop.schemes.window_incidence`. Every candidate
 window is dropped with probability ``gamma``; unit ``i``, covered by ``n_i`` windows, is kept
-with probability ``mu_i = (1 - gamma)^{n_i}`` (docs/theory.md, "Sec. 5.3 (matching sliding
-DropBlock to the grid form), corrected"). The rules that turn a drop rate ``p`` into ``gamma``
-are described in :func:`structdrop.nn.functional.window_drop_prob`. Everything here runs on the
-host, in float64 with NumPy, once per configuration (cached), from validated arguments; the
-mask operator (:mod:`.op`) calls it outside any traced graph.
+with probability ``mu_i = (1 - gamma)^{n_i}`` (docs/theory.md#sliding-dropblock). The rules
+that turn a drop rate ``p`` into ``gamma`` are described in
+:func:`structdrop.nn.functional.window_drop_prob`. Everything here runs on the host, in float64
+with NumPy, once per configuration (cached), from validated arguments; the mask operator
+(:mod:`.op`) calls it outside any traced graph.
 """
 
 from __future__ import annotations
