@@ -187,7 +187,7 @@ def test_ksupport_norm_matches_dual_norm_definition(w, k):
     assert got == pytest.approx(_cvx_dual_ksq(w, k), rel=CVX_RTOL)
 
 
-def test_ksupport_notes_example_and_paper_max_rule_differs():
+def test_ksupport_worked_example_and_paper_max_rule_differs():
     w = np.array([1.0, 1.0, 1.0])
     # ||(1,1,1)||_(2)^2 = (1+1+1)^2 / 2 = 4.5 (rho = 1); exact arithmetic, so 1e-12.
     assert _as_float(sd.ksupport_norm(w, 2)) ** 2 == pytest.approx(4.5, rel=1e-12)
@@ -266,9 +266,9 @@ def test_prox_matches_cvxpy(w, beta, k):
     np.testing.assert_allclose(got, _prox_oracle(w, beta, k), rtol=0, atol=1e-12 * np.abs(w).max())
 
 
-def test_prox_notes_example():
-    # NOTES: m = (10, 1, 1), k = 2, beta = 1 gives (5, 1/3, 1/3): head m_1/(1+beta), plateau
-    # m_i - tau with tau = beta * 2 / (2 - 1 + 2 * beta) = 2/3. Exact: 1e-12.
+def test_prox_worked_example():
+    # Worked example: m = (10, 1, 1), k = 2, beta = 1 gives (5, 1/3, 1/3): head m_1/(1+beta),
+    # plateau m_i - tau with tau = beta * 2 / (2 - 1 + 2 * beta) = 2/3. Exact: 1e-12.
     got = as_numpy(sd.prox_ksupport_sq(np.array([10.0, 1.0, 1.0]), 1.0, 2))
     np.testing.assert_allclose(got, [5.0, 1.0 / 3.0, 1.0 / 3.0], rtol=1e-12)
     got = as_numpy(sd.prox_ksupport_sq(np.array([-1.0, 10.0, -1.0]), 1.0, 2))
@@ -358,7 +358,7 @@ def test_spectral_prox_matches_cvxpy(A, k):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * s[0])
 
 
-def test_spectral_prox_beta_zero_identity_and_notes_example():
+def test_spectral_prox_beta_zero_identity_and_worked_example():
     rng = np.random.default_rng(9)
     Q1, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     Q2, _ = np.linalg.qr(rng.standard_normal((4, 3)))
@@ -405,7 +405,7 @@ def test_torch_inputs_give_torch_outputs_with_same_values():
 
 
 def test_numpy_integer_k_is_accepted():
-    # A numpy integer is an integer; exact value 4.5 (NOTES example), 1e-12.
+    # A numpy integer is an integer; exact value 4.5 (the worked example), 1e-12.
     w = np.array([1.0, 1.0, 1.0])
     assert _as_float(sd.ksupport_norm(w, np.int64(2))) ** 2 == pytest.approx(4.5, rel=1e-12)
 

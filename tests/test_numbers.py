@@ -432,7 +432,7 @@ def test_global_minimum_gradients_match_finite_differences(field, scheme, width)
 @pytest.mark.parametrize(
     "sv, scheme, width",
     [
-        ((10.0, 1.0, 1.0), sd.GridBlock(0.5, 2), 2),  # NOTES example: tie in the middle piece
+        ((10.0, 1.0, 1.0), sd.GridBlock(0.5, 2), 2),  # the worked example: tie in the middle piece
         ((4.0, 4.0, 1.0), sd.GridBlock(0.5, 2), 4),  # tie in the head
         ((3.0, 3.0, 1.0), sd.Bernoulli(0.5), 2),  # tie in the soft-thresholded part
     ],

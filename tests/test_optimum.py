@@ -360,10 +360,11 @@ def test_r_at_least_rank_is_ridge(r, width):
 
 
 # ----------------------------------------------------------------------------------------------
-# The paper's Thm 2.7 and the NOTES corrections
+# The paper's Thm 2.7 and its corrections (docs/theory.md)
 # ----------------------------------------------------------------------------------------------
 def _dominant_head_problem():
-    # NOTES: m = (10, 1, 1), r = 2, beta = 1 gives x = (5, 1/3, 1/3), rho* = 2 = r.
+    # Worked example (docs/theory.md#rho-rule): m = (10, 1, 1), r = 2, beta = 1 gives
+    # x = (5, 1/3, 1/3), rho* = 2 = r.
     # beta = (r/d)(1-theta)/theta = 1 at d = 4 needs (1-theta)/theta = 2: p = 2/3.
     rng = np.random.default_rng(13)
     X = rng.standard_normal((4, 3))  # full column rank: P = I
@@ -371,7 +372,7 @@ def _dominant_head_problem():
     return X, Y, sd.GridBlock(2 / 3, 2), 4
 
 
-def test_dominant_head_notes_example_and_paper_rho_range_is_suboptimal():
+def test_dominant_head_worked_example_and_paper_rho_range_is_suboptimal():
     X, Y, scheme, width = _dominant_head_problem()
     opt = sd.global_minimum(X, Y, scheme, width)
     m = np.array([10.0, 1.0, 1.0])
@@ -405,8 +406,9 @@ def test_thm27_with_rho_up_to_r_matches_library(name):
 
 
 def test_prop33_needs_one_over_d():
-    # Dropout at width d: min_A ||Y - A||^2 + (1-theta)/(theta d) ||A||_*^2 (NOTES), not the
-    # paper's eq. 18 without 1/d. X has full column rank, so A ranges over all a x N matrices.
+    # Dropout at width d: min_A ||Y - A||^2 + (1-theta)/(theta d) ||A||_*^2
+    # (docs/theory.md#dropout-at-width-d), not the paper's eq. 18 without 1/d. X has full
+    # column rank, so A ranges over all a x N matrices.
     rng = np.random.default_rng(14)
     X = rng.standard_normal((5, 4))
     Y = rng.standard_normal((3, 4))
