@@ -122,16 +122,17 @@ MEASURED_GAP_SPREAD = 0.006
 def _robustness(gap: float) -> str:
     """Whether the measured spread of the gap can move it across the nearest threshold."""
     margin = min(abs(gap - HOLDS_GAP), abs(gap - CLOSE_GAP))
+    points, spread = f"{100 * margin:.1f}", f"{100 * MEASURED_GAP_SPREAD:.1f}"
     if margin > MEASURED_GAP_SPREAD:
         return (
-            f" The gap is {margin:.1%} from the nearest threshold ({HOLDS_GAP:.0%} or "
-            f"{CLOSE_GAP:.0%}); seeds and machines move it by at most {MEASURED_GAP_SPREAD:.1%}"
-            " (docs/deep.md), so they cannot change this verdict."
+            f" The gap is {points} percentage points from the nearest threshold "
+            f"({HOLDS_GAP:.0%} or {CLOSE_GAP:.0%}); seeds and machines move it by at most "
+            f"{spread} points (docs/deep.md), so they cannot change this verdict."
         )
     return (
-        f" The gap is only {margin:.1%} from a threshold, within the {MEASURED_GAP_SPREAD:.1%}"
-        " that seeds and machines move it (docs/deep.md): another seed or machine may give "
-        "the neighbouring verdict."
+        f" The gap is only {points} percentage points from a threshold, within the {spread} "
+        "points that seeds and machines move it (docs/deep.md): another seed or machine may "
+        "give the neighbouring verdict."
     )
 
 
