@@ -4,7 +4,8 @@ A forward pass, from the layer down to the sampler::
 
     DropBlock2d.forward                     (structdrop.nn.modules)
       -> drop_block_masked                  (.op: p = 0, p = 1, the seed)
-        -> structdrop::drop_block           (.op: the operator; gamma and 1 / mu from .rates)
+        -> structdrop::drop_block           (.op: the operator when traced; eager calls run
+                                             its kernel directly; gamma and 1 / mu from .rates)
           -> drop_block_sparse / _dense     (.sparse on a CPU, .dense elsewhere)
 
 * :mod:`.options`: the options, validated once into a frozen :class:`DropBlockOptions`;
