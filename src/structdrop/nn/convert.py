@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .dropblock import DropBlockOptions
+from .dropblock import OPTION_NAMES
 from .modules import DropBlock2d, DropBlock3d
 
 __all__ = ["convert_dropblock"]
 
 #: What ``convert_dropblock`` may set: the layer's arguments (``training`` is the module's mode).
-_OPTIONS = ("p", "block_size", *DropBlockOptions._fields[1:-1], "generator")
+_OPTIONS = ("p", "block_size", *OPTION_NAMES, "generator")
 
 
 def _torchvision(layer: Any, three_d: bool) -> dict[str, Any]:

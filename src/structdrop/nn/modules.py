@@ -138,7 +138,7 @@ class _DropBlockNd(nn.Module):
     def p(self) -> float:
         """The drop probability, in [0, 1]. Setting it writes the layer's rate tensor in
         place, which compiled code reads: a new ``p`` does not recompile."""
-        return self._p
+        return float(self._rate)  # float64: the value set, exactly
 
     @p.setter
     def p(self, value: float) -> None:
@@ -147,14 +147,13 @@ class _DropBlockNd(nn.Module):
     @property
     def drop_prob(self) -> float:
         """``p`` under timm's and ``dropblock``'s name (their schedulers set it)."""
-        return self._p
+        return self.p
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         self._set_rate(check.check_drop_rate(value, "drop_prob"))
 
     def _set_rate(self, p: float) -> None:
-        self._p = p
         if "_rate" in self.__dict__:
             self._rate.fill_(p)
         else:  # a plain attribute, not a buffer: it stays on the CPU and out of state_dict

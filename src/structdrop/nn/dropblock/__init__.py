@@ -26,12 +26,13 @@ from .functional import (
     window_drop_prob,
 )
 from .op import drop_block_masked
-from .options import BOUNDARIES, GAMMA_RULES, METHODS, SCALES, DropBlockOptions
+from .options import BOUNDARIES, GAMMA_RULES, METHODS, OPTION_NAMES, SCALES, DropBlockOptions
 
 __all__ = [
     "BOUNDARIES",
     "GAMMA_RULES",
     "METHODS",
+    "OPTION_NAMES",
     "SCALES",
     "DropBlockOptions",
     "drop_block",

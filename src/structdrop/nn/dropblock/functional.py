@@ -32,7 +32,7 @@ from torch import Tensor
 from ... import _validation as check
 from .._tracing import fx_call
 from .op import drop_block_masked
-from .options import BOUNDARIES, GAMMA_RULES, DropBlockOptions
+from .options import BOUNDARIES, GAMMA_RULES, OPTION_NAMES, DropBlockOptions
 from .rates import gamma_for, keep_prob
 
 __all__ = [
@@ -185,18 +185,13 @@ def drop_block(
     return _drop_block(drop_block, None, locals())
 
 
-#: The options of ``drop_block`` that its spec holds (``training`` and ``generator`` belong to
-#: the call).
-_OPTIONS = DropBlockOptions._fields[1:-1]
-
-
 def _drop_block(
     function: Callable[..., Tensor], spatial_dims: int | None, arguments: dict[str, Any]
 ) -> Tensor:
     """``function`` (``drop_block`` or one of its N-d forms) on its bound ``arguments``: one
     ``torch.fx`` node under symbolic tracing; else the options validated, then the operator."""
     input, p, block_size = arguments["input"], arguments["p"], arguments["block_size"]
-    options = {name: arguments[name] for name in _OPTIONS}
+    options = {name: arguments[name] for name in OPTION_NAMES}
     training, generator = arguments["training"], arguments["generator"]
     if isinstance(input, torch.fx.Proxy):
         calls = {**options, "training": training, "generator": generator}

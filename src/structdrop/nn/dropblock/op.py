@@ -95,16 +95,21 @@ def _output_like(input: Tensor, *arguments: object) -> Tensor:
     return torch.empty_like(input)
 
 
-def _keep_seed(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+def _keep_seed(ctx: Any, inputs: tuple[Any, ...], output: Tensor | None) -> None:
     ctx.save_for_backward(inputs[1], inputs[2])
     ctx.options = inputs[3:]
 
 
-def _same_mask_on_the_gradient(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    """``d(input * mask) / d(input) = mask``: the operator on ``grad`` with the same seed."""
+def _gradient(apply: Any, ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """``d(input * mask) / d(input) = mask``: ``apply`` (the operator, or its eager form) on
+    ``grad`` with the same seed."""
     seed, p = ctx.saved_tensors
     options = ctx.options
-    return (drop_block_op(grad, seed, p, *options), None, None) + (None,) * len(options)
+    return (apply(grad, seed, p, *options), None, None) + (None,) * len(options)
+
+
+def _same_mask_on_the_gradient(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    return _gradient(drop_block_op, ctx, grad)
 
 
 _LIBRARY.impl("drop_block", _drop_block, "CompositeExplicitAutograd")
@@ -125,15 +130,12 @@ class _SameMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, input: Tensor, seed: Tensor, p: Tensor, *options: Any) -> Tensor:
-        ctx.save_for_backward(seed, p)
-        ctx.options = options
+        _keep_seed(ctx, (input, seed, p, *options), None)
         return _drop_block(input, seed, p, *options)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        seed, p = ctx.saved_tensors
-        options = ctx.options
-        return (_SameMask.apply(grad, seed, p, *options), None, None) + (None,) * len(options)
+        return _gradient(_SameMask.apply, ctx, grad)
 
 
 def check_feature_maps(input: Tensor, options: DropBlockOptions) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ... import _validation as check
 from ... import schemes
 
-__all__ = ["BOUNDARIES", "GAMMA_RULES", "METHODS", "SCALES", "DropBlockOptions"]
+__all__ = ["BOUNDARIES", "GAMMA_RULES", "METHODS", "OPTION_NAMES", "SCALES", "DropBlockOptions"]
 
 #: Window boundaries of the layers: the mask laws' that have a border.
 BOUNDARIES: tuple[str, ...] = tuple(b for b in schemes.BOUNDARIES if b != "ring")
@@ -55,10 +55,9 @@ class DropBlockOptions(NamedTuple):
     ) -> DropBlockOptions:
         """Validated options; ``block_size`` is checked against ``spatial_dims`` when given
         (an int stays an int, a sequence becomes a tuple). Unknown names are a TypeError."""
-        unknown = sorted(set(options) - set(cls._fields[1:-1]))
+        unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
-            names = cls._fields[1:-1]
-            raise TypeError(f"unknown DropBlock options {unknown}; the options are {names}")
+            raise TypeError(f"unknown DropBlock options {unknown}; the options are {OPTION_NAMES}")
         defaults = cls(block_size)._asdict()
         values = {**defaults, **options}
         block = _block_size(block_size, spatial_dims)
@@ -77,8 +76,16 @@ class DropBlockOptions(NamedTuple):
 
     def blocks(self, spatial_dims: int) -> tuple[int, ...]:
         """The block extent on each of ``spatial_dims`` axes (a ValueError if a tuple of
-        another length was given)."""
-        return check.check_block_sizes(self.block_size, spatial_dims)
+        another length was given). The values were checked by :meth:`make`."""
+        if isinstance(self.block_size, int):
+            return (self.block_size,) * spatial_dims
+        if len(self.block_size) != spatial_dims:
+            check.check_block_sizes(self.block_size, spatial_dims)  # raises, naming both
+        return self.block_size
+
+
+#: The options that a call may set (every field but ``block_size`` and ``spatial_dims``).
+OPTION_NAMES: tuple[str, ...] = DropBlockOptions._fields[1:-1]
 
 
 def _block_size(value: Any, spatial_dims: int | None) -> int | tuple[int, ...]:
