@@ -11,8 +11,7 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
-import time
+import threading
 import zipfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from structdrop._files import (
     remove_stale_temporaries_under,
     write_atomically,
 )
-from structdrop.linear import DivergenceError, fit_sgd, run_sweep
+from structdrop.linear import DivergenceError, fit_sgd
 from structdrop.linear import sgd as sgd_module
 
 SRC = Path(sd.__file__).resolve().parents[1]
@@ -361,12 +360,17 @@ def test_a_checkpoint_of_a_wider_network_is_refused(tmp_path: Path) -> None:
     X, Y, U0, V0 = low_rank_problem()
     wide = low_rank_problem(d=21)
     path = tmp_path / "run.npz"
+    _first_checkpoint(path, *wide)
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+
+
+def _first_checkpoint(path: Path, X, Y, U0, V0) -> None:
+    """A run of fit_sgd killed right after it wrote its first checkpoint at ``path``."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
         with pytest.raises(Killed):
-            fit_sgd(wide[0], wide[1], wide[2], wide[3], SCHEME, checkpoint=path, **SETTINGS)
-    with pytest.raises(CheckpointError, match="belongs to another run"):
-        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
 
 
 def _stop_after_first_save():
@@ -406,10 +410,7 @@ def test_a_consistent_but_wrong_state_is_refused(tmp_path: Path, changes: dict, 
     weights of another shape never train silently."""
     X, Y, U0, V0 = low_rank_problem()
     path = tmp_path / "run.npz"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
-        with pytest.raises(Killed):
-            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    _first_checkpoint(path, X, Y, U0, V0)
     _rewrite_state(path, **changes)
     with pytest.raises(CheckpointError, match=match) as caught:
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
@@ -440,85 +441,102 @@ def test_a_folder_as_checkpoint_says_what_is_wrong(tmp_path: Path) -> None:
         fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=tmp_path, **SETTINGS)
 
 
+def _returns_or_raises_without_blocking(call, fifo: Path):
+    """What ``call()`` returns or raises, run in a thread. Should it block on opening ``fifo``
+    (waiting for a writer that never comes), a writer is let in to release it and the test
+    fails, so that the suite goes on."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader waits: this opens
+        thread.join(60)
+        pytest.fail(f"reading the FIFO {fifo} blocked")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_as_checkpoint_is_refused_without_blocking(tmp_path: Path) -> None:
+    X, Y, U0, V0 = low_rank_problem()
+    fifo = tmp_path / "run.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError) as caught:
+        _returns_or_raises_without_blocking(
+            lambda: fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=fifo, **SETTINGS), fifo
+        )
+    message = str(caught.value)
+    assert str(fifo) in message and "is a FIFO (named pipe)" in message
+    assert "remove it" in message and "\n" not in message
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_a_device_is_not_a_checkpoint() -> None:
+    with pytest.raises(CheckpointError, match="is a character device") as caught:
+        ckpt.load_checkpoint("/dev/null", kind="k", identity="run")
+    assert "/dev/null" in str(caught.value) and "remove it" in str(caught.value)
+
+
+def _no_steps(*args: object, **kwargs: object) -> int:
+    raise AssertionError("the run started before its checkpoint path was checked")
+
+
+@pytest.mark.parametrize("below", [["run.npz"], ["sub", "run.npz"]], ids=["in", "under"])
+def test_a_checkpoint_path_under_a_file_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: list[str]
+) -> None:
+    in_the_way = tmp_path / "afile"
+    in_the_way.write_text("not a folder")
+    path = in_the_way.joinpath(*below)
+    monkeypatch.setattr(sgd_module, "run_chunk", _no_steps)
+    X, Y, U0, V0 = low_rank_problem()
+    with pytest.raises(CheckpointError) as caught:
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    message = str(caught.value)
+    assert str(path) in message and f"lies under {in_the_way}, which is a regular file" in message
+    assert "\n" not in message
+    assert in_the_way.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "rng_state",
+    [
+        np.random.Generator(np.random.MT19937(0)).bit_generator.state,
+        {},
+        {"bit_generator": "PCG64"},
+        {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}, "has_uint32": 0,
+         "uinteger": 0},
+        {"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0,
+         "uinteger": 0},
+    ],
+    ids=["MT19937", "empty", "no-state", "text", "negative"],
+)  # fmt: skip
+def test_a_checkpoint_with_a_foreign_generator_state_is_refused(
+    tmp_path: Path, rng_state: dict
+) -> None:
+    X, Y, U0, V0 = low_rank_problem()
+    path = tmp_path / "run.npz"
+    _first_checkpoint(path, X, Y, U0, V0)
+    _rewrite_state(path, rng_state=rng_state)
+    with pytest.raises(CheckpointError) as caught:
+        fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    message = str(caught.value)
+    assert str(path) in message and "rng_state is not a PCG64 generator state" in message
+    assert "\n" not in message
+
+
 # ------------------------------------------------------------------------------------------------
 # Sweeps: no orphan workers
 # ------------------------------------------------------------------------------------------------
-WORKER = """
-import os, time
-def sleepy(folder, index):
-    with open(os.path.join(folder, f"worker{index}.pid"), "w") as stream:
-        stream.write(str(os.getpid()))
-    time.sleep(120)
-"""
-
-PARENT = """
-import sys
-from structdrop.linear import run_sweep
-from sleepy import sleepy
-folder = sys.argv[1]
-run_sweep(sleepy, [{"folder": folder, "index": i} for i in range(2)], n_jobs=2)
-"""
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has exited
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
-def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
-    (tmp_path / "sleepy.py").write_text(textwrap.dedent(WORKER))
-    (tmp_path / "parent.py").write_text(textwrap.dedent(PARENT))
-    environment = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}"}
-    parent = subprocess.Popen(
-        [sys.executable, str(tmp_path / "parent.py"), str(tmp_path)], env=environment
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("worker*.pid"))) < 2:
-            assert time.monotonic() < deadline, "the workers did not start"
-            assert parent.poll() is None
-            time.sleep(0.1)
-        time.sleep(0.3)
-        workers = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
-        assert all(_running(pid) for pid in workers)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        deadline = time.monotonic() + 10  # "within seconds"
-        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in workers if _running(pid)]
-    finally:
-        parent.kill()
-        for pid_file in tmp_path.glob("worker*.pid"):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-
-
-def _job(folder: str, index: int) -> int:
-    if index == 1:
-        while not (Path(folder) / "started").exists():
-            time.sleep(0.05)
-        raise RuntimeError("job 1 failed")
-    (Path(folder) / "started").touch()
-    time.sleep(60)
-    (Path(folder) / "finished").touch()
-    return index
-
-
-def test_a_failed_job_stops_the_other_workers_at_once(tmp_path: Path) -> None:
-    """The sweep does not wait for the other jobs of a failed (or interrupted) sweep."""
-    jobs = [{"folder": str(tmp_path), "index": i} for i in (1, 2)]
-    with pytest.raises(RuntimeError, match="job 1 failed"):
-        run_sweep(_job, jobs, n_jobs=2)
-    assert (tmp_path / "started").exists() and not (tmp_path / "finished").exists()
-
-
 def test_zip_archive_checks_are_what_catches_a_torn_file(tmp_path: Path) -> None:
     """The archive's own CRC catches a torn write; the error still names the file."""
     path = _valid(tmp_path)
@@ -629,10 +647,7 @@ def test_a_run_whose_checkpoint_claims_more_progress_than_its_arrays_is_refused(
 def test_a_checkpoint_missing_an_entry_is_refused(tmp_path: Path) -> None:
     X, Y, U0, V0 = low_rank_problem()
     path = tmp_path / "run.npz"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sgd_module.RunState, "save", _stop_after_first_save())
-        with pytest.raises(Killed):
-            fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
+    _first_checkpoint(path, X, Y, U0, V0)
     meta, arrays, _ = ckpt.read_archive(path)
     state = ckpt.decode_state(meta["state"], arrays)
     del state["rng_state"]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import subprocess
 import sys
+import threading
+import warnings
+import zipfile
 from pathlib import Path
 
 import click
 import numpy as np
 import pytest
 import typer
+from click.testing import Result
 from typer.testing import CliRunner
 
 import structdrop as sd
@@ -194,6 +200,84 @@ def test_optimum_bad_inputs_exit_2_with_one_line(
         assert result.exit_code == 2, (case, result.output)
         assert message in result.output, (case, result.output)
         assert len(result.output.strip().splitlines()) == 1, (case, result.output)
+
+
+def _huge_npy(path: Path) -> bytes:
+    """A ``.npy`` whose header declares a 1e5 x 1e5 float64 array (80 GB), and a few bytes."""
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        stream, {"descr": "<f8", "fortran_order": False, "shape": (100_000, 100_000)}
+    )
+    return stream.getvalue() + bytes(64)
+
+
+def _unreadable_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are not a matrix, and what the one line says of each."""
+    huge = folder / "huge.npy"
+    huge.write_bytes(_huge_npy(huge))
+    with zipfile.ZipFile(folder / "huge.npz", "w") as archive:
+        archive.writestr("X.npy", _huge_npy(huge))
+    (folder / "folder.npy").mkdir()
+    np.savez(folder / "empty.npz")
+    (folder / "empty.csv").write_bytes(b"")
+    (folder / "comments.csv").write_text("# no numbers here\n")
+    cases = {
+        "huge .npy header": (huge, "declares an array of shape (100000, 100000)"),
+        "huge .npz member": (folder / "huge.npz", "declares an array of shape (100000, 100000)"),
+        "folder": (folder / "folder.npy", "is a folder, not a regular file"),
+        "empty .npz": (folder / "empty.npz", "holds no arrays"),
+        "empty .csv": (folder / "empty.csv", "holds no numbers"),
+        "comments only": (folder / "comments.csv", "holds no numbers"),
+    }
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "fifo.npy")
+        cases["FIFO"] = (folder / "fifo.npy", "is a FIFO (named pipe), not a regular file")
+    if Path("/dev/zero").exists():
+        cases["device"] = (Path("/dev/zero"), "is a character device, not a regular file")
+    return cases
+
+
+def _invoke_or_release(arguments: list[str], fifo: Path | None) -> Result:
+    """``runner.invoke(app, arguments)`` in a thread; should it block on opening ``fifo``, a
+    writer is let in to release it and the test fails, so that the suite goes on."""
+    outcome: list[Result] = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.invoke(app, arguments)))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    if thread.is_alive() and fifo is not None:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a reader waits: this opens
+        thread.join(60)
+        pytest.fail(f"reading the FIFO {fifo} blocked")
+    return outcome[0]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["huge .npy header", "huge .npz member", "folder", "FIFO", "device", "empty .npz",
+     "empty .csv", "comments only"],
+)  # fmt: skip
+def test_optimum_refuses_files_that_hold_no_matrix_in_one_line(
+    tmp_path: Path, problem: tuple[np.ndarray, np.ndarray], case: str
+) -> None:
+    """Nothing is allocated from a header before the file is seen to hold it, nothing that is
+    not a regular file is read (a FIFO would block, /dev/zero never ends), and no warning is
+    printed before the error."""
+    cases = _unreadable_inputs(tmp_path)
+    if case not in cases:
+        pytest.skip(f"this system has no {case}")
+    path, message = cases[case]
+    np.save(tmp_path / "y.npy", problem[1])
+    arguments = ["optimum", "--x", str(path), "--y", str(tmp_path / "y.npy")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be printed before the error
+        result = _invoke_or_release(
+            [*arguments, "--p", "0.5", "--width", "4"], path if case == "FIFO" else None
+        )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: X: "), result.output
+    assert message in result.output and str(path) in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 # ------------------------------------------------------------------------------------------------

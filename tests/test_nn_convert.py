@@ -215,3 +215,43 @@ def test_a_scripted_model_is_refused_with_what_to_do():
     scripted = torch.jit.script(nn.Sequential(nn.Conv2d(2, 2, 1), nn.Dropout(0.2)))
     with pytest.raises(TypeError, match=r"before torch\.jit\.script"):
         sdnn.convert_dropblock(scripted)
+
+
+class _Block(nn.Module):
+    def __init__(self, drop: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.drop = drop
+
+
+def test_a_scripted_submodule_is_refused_by_its_path_and_nothing_is_converted():
+    model = nn.Module()
+    model.stem = torchvision_ops.DropBlock2d(0.1, 3)
+    model.layer1 = nn.Sequential(_Block(torch.jit.script(nn.Dropout(0.2))))
+    with pytest.raises(TypeError, match=r"scripted submodule 'layer1\.0\.drop'.*before torch\.jit"):
+        sdnn.convert_dropblock(model)
+    assert type(model.stem) is torchvision_ops.DropBlock2d  # refused before any replacement
+
+
+def test_a_timm_layer_without_counterpart_leaves_the_model_unchanged():
+    timm_layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(
+        torchvision_ops.DropBlock2d(0.1, 3), timm_layers.DropBlock2d(0.1, 3, with_noise=True)
+    )
+    with pytest.raises(ValueError, match="with_noise=True"):
+        sdnn.convert_dropblock(model)
+    assert type(model[0]) is torchvision_ops.DropBlock2d
+
+
+@pytest.mark.parametrize("batchwise", [True, False, None], ids=["true", "false", "unset"])
+def test_convert_keeps_timms_batchwise(batchwise):
+    # older timm releases have DropBlock2d(..., batchwise): one mask for the whole batch
+    timm_layers = pytest.importorskip("timm.layers")
+    layer = timm_layers.DropBlock2d(0.5, 3)
+    if batchwise is not None:
+        layer.batchwise = batchwise
+    converted = sdnn.convert_dropblock(nn.Sequential(layer))[0]
+    assert isinstance(converted, sdnn.DropBlock2d)
+    assert converted.batchwise is bool(batchwise)
+    out = converted(torch.ones(8, 2, 16, 16), generator=gen(3))
+    assert torch.equal(out, out[:1].expand_as(out)) is bool(batchwise)

@@ -389,6 +389,46 @@ def test_a_near_one_drop_rate_in_half_precision_gives_finite_capped_scales(dtype
     assert torch.equal(everything, torch.zeros_like(everything))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize("options", [{}, {"shared_channels": True}], ids=["own", "shared"])
+def test_half_precision_kept_units_are_rounded_once(dtype, method, options):
+    """A kept unit is ``x * (1 / mu)`` computed in float32 and rounded once to the half type (the
+    rounding that ``inverse_keep_prob`` states), on both samplers; rounding ``1 / mu`` to the
+    half type first gives other values on many units of this map."""
+    p, block, spatial = 0.3, 3, (9, 8)
+    x = (1.0 + 3.0 * torch.rand(8, 4, *spatial, generator=gen(21))).to(dtype)  # no zeros
+    out = drop_block2d(x, p, block, method=method, generator=gen(22), **options)
+    assert out.dtype == dtype
+    gamma = window_drop_prob(p, block, spatial)
+    inverse = (1.0 / drop_block_keep_prob(spatial, block, "valid", gamma)).to(torch.float32)
+    once = (x.float() * inverse).to(dtype)
+    twice = (x.float() * inverse.to(dtype).float()).to(dtype)
+    kept = out != 0
+    assert kept.any() and not kept.all()
+    assert int((once != twice)[kept].sum()) > 10  # the map tells the two roundings apart
+    assert torch.equal(out[kept], once[kept])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize("options", [{}, {"shared_channels": True}], ids=["own", "shared"])
+def test_half_precision_batch_scaled_units_are_rounded_once(dtype, method, options):
+    """``scale="batch"``: a kept unit is ``x`` times the mask's size over its kept units plus
+    ``eps``, in float32, rounded once to the half type, on both samplers."""
+    p, block, spatial, eps = 0.3, 3, (9, 8), 1e-6
+    x = (1.0 + 3.0 * torch.rand(8, 4, *spatial, generator=gen(23))).to(dtype)
+    out = drop_block2d(x, p, block, scale="batch", method=method, generator=gen(24), **options)
+    kept = out != 0
+    mask = kept[:, :1] if options else kept
+    factor = torch.tensor(mask.numel(), dtype=torch.float32) / (mask.sum(dtype=torch.float32) + eps)
+    once = (x.float() * factor).to(dtype)
+    twice = (x.float() * factor.to(dtype).float()).to(dtype)
+    assert kept.any() and not kept.all()
+    assert int((once != twice)[kept].sum()) > 10
+    assert torch.equal(out[kept], once[kept])
+
+
 @pytest.mark.parametrize("method", ["sparse", "dense", "compiled"])
 def test_kept_units_whose_scale_overflows_float16_carry_its_largest_value(method):
     """Windows of one unit dropped with gamma = 1 - 1.25e-5: a kept unit's 1 / mu = 80,000 is

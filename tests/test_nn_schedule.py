@@ -119,3 +119,43 @@ def test_state_dict_round_trip_restores_each_layers_own_rate_in_order():
     assert resumed.state_dict() == state
     _stepped(resumed, 3)
     assert [layer.p for layer in fresh] == pytest.approx(rates, rel=1e-12)
+
+
+GOOD_STATE = {"last_step": 2, "start": 0.1, "stop": 0.3, "steps": 5}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        ({"steps": 0}, ValueError, "steps must be >= 1, got 0"),
+        ({"steps": 2.5}, TypeError, "steps must be an integer, got 2.5"),
+        ({"stop": 1.0}, ValueError, r"stop must be in \[0, 1\), got 1.0"),
+        ({"start": -0.1}, ValueError, r"start must be in \[0, 1\), got -0.1"),
+        ({"last_step": -1}, ValueError, "last_step must be >= 0, got -1"),
+        ({"last_step": 1.5}, TypeError, "last_step must be an integer, got 1.5"),
+        ({"stop": None}, ValueError, "state_dict must hold 'stops'"),
+        ({"stop": None, "stops": [0.2, 1.5]}, ValueError, r"stops must be in \[0, 1\)"),
+    ],
+    ids=[
+        "steps-0",
+        "steps-float",
+        "stop-1",
+        "start-negative",
+        "last-step-negative",
+        "last-step-float",
+        "no-stops",
+        "bad-stops",
+    ],
+)
+def test_a_failing_load_state_dict_changes_neither_the_schedule_nor_the_layers(
+    changes, error, match
+):
+    layers = [sdnn.DropBlock2d(0.0, 3), sdnn.BlockDropout(0.0, 2)]
+    schedule = _stepped(sdnn.DropRateSchedule(layers, stop=0.2, steps=4, start=0.04), 1)
+    state, rates = schedule.state_dict(), [layer.p for layer in layers]
+    with pytest.raises(error, match=match):
+        schedule.load_state_dict({**GOOD_STATE, **changes})
+    assert schedule.state_dict() == state and schedule.stops == [0.2, 0.2]
+    assert [layer.p for layer in layers] == rates
+    assert schedule.step() == pytest.approx(0.04 + (0.2 - 0.04) * 2 / 4, rel=1e-12)
+    assert [layer.p for layer in layers] == pytest.approx([0.12, 0.12], rel=1e-12)

@@ -139,6 +139,50 @@ def test_a_zero_has_the_ridge_slope_only_when_a_block_is_left_for_it():
         assert nudged.x[3] == 0.0
 
 
+def _piece(parts):
+    return parts.head.tolist(), parts.middle.tolist(), parts.coupling, parts.slope.tolist()
+
+
+def test_values_at_most_the_tolerance_are_zeros_in_the_piece():
+    """m = (2, 2, 1, 0.3, tiny, 0), k = 5: with tiny at most TIE_RTOL * m_1 there are four
+    positive values and a block is left for the zeros (both on the ridge, slope 1/(1+beta)),
+    whatever the tiny value's bits; a value above the tolerance is positive (k = #positive: the
+    zero stays at zero)."""
+    beta, k = 0.1, 5
+    m = np.array([2.0, 2.0, 1.0, 0.3, 0.0, 0.0])
+    zeros = sd.ksupport.prox_parts(m, beta, k)
+    np.testing.assert_allclose(zeros.slope, np.full(6, 1.0 / (1.0 + beta)))
+    for tiny in (1e-17, 5e-324, 1e-12, 0.5 * TIE_RTOL * m[0], TIE_RTOL * m[0]):
+        m[4] = tiny
+        parts = sd.ksupport.prox_parts(m, beta, k)
+        assert _piece(parts) == _piece(zeros), tiny
+        np.testing.assert_allclose(parts.x, m / (1.0 + beta), rtol=1e-15)
+    m[4] = 1e-9 * m[0]
+    above = sd.ksupport.prox_parts(m, beta, k)
+    assert above.head.tolist() == [True] * 5 + [False]
+    assert above.slope[4] == pytest.approx(1.0 / (1.0 + beta)) and above.slope[5] == 0.0
+
+
+@settings(max_examples=40)
+@given(
+    values=st.lists(st.integers(1, 4), min_size=1, max_size=5),
+    zeros=st.integers(1, 3),
+    fractions=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+    beta=st.sampled_from([0.1, 0.5, 1.0, 3.0]),
+    k=st.integers(1, 7),
+)
+def test_values_below_the_tolerance_decide_the_piece_as_zeros(values, zeros, fractions, beta, k):
+    """Zeros replaced by values in [0, TIE_RTOL * max]: the same piece (slopes, coupling) as
+    for exact zeros, and a prox that moves by no more than those values."""
+    top = np.sort(np.array(values, dtype=float))[::-1]
+    exact = np.concatenate([top, np.zeros(zeros)])
+    tiny = np.sort(np.array(fractions[:zeros]) * TIE_RTOL * top[0])[::-1]
+    moved = np.concatenate([top, tiny])
+    a, b = (sd.ksupport.prox_parts(v, beta, k) for v in (exact, moved))
+    assert _piece(b) == _piece(a)
+    np.testing.assert_allclose(b.x, a.x, rtol=0, atol=2 * TIE_RTOL * top[0])
+
+
 @settings(max_examples=40)
 @given(
     values=st.lists(st.integers(0, 4), min_size=2, max_size=7),

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,9 +33,15 @@ from typing import IO, Any
 import numpy as np
 
 from ._backend import is_tensor
-from ._files import write_atomically
+from ._files import NotAFileError, file_kind, open_regular, write_atomically
 
-__all__ = ["CheckpointError", "check_array", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "check_array",
+    "load_checkpoint",
+    "npy_header",
+    "save_checkpoint",
+]
 
 FORMAT = 1
 META = "__structdrop_checkpoint__"
@@ -181,72 +189,109 @@ def save_checkpoint(path: str | os.PathLike[str], *, kind: str, identity: Any, s
     return write_atomically(path, lambda stream: _write_archive(stream, header, arrays))
 
 
+def npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any], int | None]:
+    """The shape and dtype that the ``.npy`` header at ``stream``'s position declares, and the
+    number of bytes of data that they take (None for Python objects, whose size no header
+    tells); ``stream`` is left at the first byte of the data. Nothing of the data is read, so a
+    header declaring a huge shape costs nothing.
+
+    Raises:
+        ValueError: the bytes are not a ``.npy`` header (the message says what is wrong).
+    """
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version in ((2, 0), (3, 0)):
+        # 3.0 differs from 2.0 only in the encoding of field names, not in the sizes
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"has .npy format {version}, not one of 1.0, 2.0 and 3.0")
+    shape = tuple(int(n) for n in shape)
+    return shape, dtype, None if dtype.hasobject else dtype.itemsize * math.prod(shape)
+
+
 def _check_member_size(path: Path, archive: zipfile.ZipFile, name: str) -> None:
     """Raise a CheckpointError unless the ``.npy`` member ``name`` holds exactly the bytes that
     its header declares (shape times item size): read before the array, so that a damaged
     header declaring a huge shape is refused without allocating it."""
     info = archive.getinfo(name)
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise CheckpointError(path, f"is damaged: member {name!r} has .npy format {version}")
+        try:
+            shape, dtype, declared = npy_header(member)
+        except ValueError as error:
+            raise CheckpointError(path, f"is damaged: member {name!r} {error}") from None
         header = member.tell()
-    if dtype.hasobject:
+    if declared is None:
         return  # refused by np.load (allow_pickle=False)
-    declared = dtype.itemsize
-    for n in shape:
-        declared *= int(n)
     available = info.file_size - header
     if declared != available:
         raise CheckpointError(
             path,
-            f"is damaged: member {name!r} declares an array of shape {tuple(shape)} and dtype "
+            f"is damaged: member {name!r} declares an array of shape {shape} and dtype "
             f"{dtype} ({declared} bytes) but holds {available} bytes",
         )
+
+
+def _open(path: Path) -> IO[bytes]:
+    """``path`` opened for reading, or a CheckpointError when it is no regular file: a FIFO
+    (reading it would wait for a writer for ever), a device or a socket is refused before
+    anything is read."""
+    try:
+        return open_regular(path)
+    except NotAFileError as error:
+        if error.kind == file_kind(stat.S_IFDIR):
+            raise CheckpointError(
+                path, "is a folder, not a checkpoint file", "choose a file path"
+            ) from None
+        raise CheckpointError(
+            path,
+            f"is {error.kind}, not a checkpoint file",
+            "remove it, or choose another checkpoint path",
+        ) from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise CheckpointError(path, f"cannot be read ({reason})") from None
 
 
 def read_archive(
     path: Path,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, tuple[str, list[int], int]]]:
     """The metadata, the arrays and each array's (dtype, shape, CRC-32) of the archive at
-    ``path``, or a CheckpointError; nothing is verified beyond the zip CRCs (see
-    :func:`load_checkpoint`)."""
-    if path.is_dir():
-        raise CheckpointError(path, "is a folder, not a checkpoint file", "choose a file path")
-    try:
-        with open(path, "rb") as stream:
+    ``path``, or a CheckpointError; nothing is verified beyond the zip CRCs and the sizes that
+    the arrays' headers declare (see :func:`load_checkpoint`). A path that is not a regular
+    file (a folder, a FIFO, a device, a socket) is refused before it is read."""
+    with _open(path) as stream:
+        try:
             head = stream.read(len(ZIP_MAGIC))
-    except OSError as error:
-        raise CheckpointError(path, f"cannot be read ({type(error).__name__})") from None
-    if head != ZIP_MAGIC:
-        what = "it is empty" if not head else "it is not an .npz archive"
-        raise CheckpointError(path, f"is not a structdrop checkpoint ({what})")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise CheckpointError(path, "is not a structdrop checkpoint (not an .npz archive)")
-        with loaded as archive:
-            if META not in archive.files:
-                raise CheckpointError(path, "is not a structdrop checkpoint (no metadata)")
-            for key in archive.files:
-                _check_member_size(path, archive.zip, f"{key}.npy")
-            arrays = {key: archive[key] for key in archive.files}  # checks every CRC-32
-            crcs = {key: archive.zip.getinfo(f"{key}.npy").CRC for key in archive.files}
-    except CheckpointError:
-        raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as error:
-        problem = " ".join(str(error).split())[:200]
-        if "allow_pickle" in problem:
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise CheckpointError(path, f"cannot be read ({reason})") from None
+        if head != ZIP_MAGIC:
+            what = "it is empty" if not head else "it is not an .npz archive"
+            raise CheckpointError(path, f"is not a structdrop checkpoint ({what})")
+        try:
+            stream.seek(0)
+            loaded = np.load(stream, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise CheckpointError(path, "is not a structdrop checkpoint (not an .npz archive)")
+            with loaded as archive:
+                if META not in archive.files:
+                    raise CheckpointError(path, "is not a structdrop checkpoint (no metadata)")
+                for key in archive.files:
+                    _check_member_size(path, archive.zip, f"{key}.npy")
+                arrays = {key: archive[key] for key in archive.files}  # checks every CRC-32
+                crcs = {key: archive.zip.getinfo(f"{key}.npy").CRC for key in archive.files}
+        except CheckpointError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, RuntimeError) as error:
+            problem = " ".join(str(error).split())[:200]
+            if "allow_pickle" in problem:
+                raise CheckpointError(
+                    path, "holds Python objects (pickled data), which are never loaded"
+                ) from None
             raise CheckpointError(
-                path, "holds Python objects (pickled data), which are never loaded"
+                path, f"cannot be read ({type(error).__name__}{': ' + problem if problem else ''})"
             ) from None
-        raise CheckpointError(
-            path, f"cannot be read ({type(error).__name__}{': ' + problem if problem else ''})"
-        ) from None
     raw = arrays.pop(META)
     try:
         if raw.dtype != np.uint8 or raw.ndim != 1:

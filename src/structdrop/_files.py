@@ -11,12 +11,17 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "NotAFileError",
+    "file_kind",
+    "open_regular",
+    "process_alive",
     "remove_stale_temporaries",
     "remove_stale_temporaries_under",
     "remove_temporaries_in_flight",
@@ -33,29 +38,60 @@ def _umask() -> int:
     return mask
 
 
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the folders created, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made: list[Path] = []
+    try:
+        for created in reversed(missing):
+            created.mkdir(exist_ok=True)
+            made.insert(0, created)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(stream)`` on a temporary binary file next to ``path``, then rename it onto
-    ``path`` (after an fsync). On any error the temporary file is removed and ``path`` is left as
-    it was."""
+    ``path`` (after an fsync). On any error the temporary file is removed, ``path`` is left as
+    it was, and so are the folders: those created for ``path`` are removed when empty (a full
+    disk leaves no empty ``checkpoints/`` behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
-    )
-    _IN_FLIGHT.add(temporary)
+    created = _make_parents(path.parent)
+    temporary = None
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
+        remove_stale_temporaries(path)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )
+        _IN_FLIGHT.add(temporary)
         with os.fdopen(handle, "wb") as stream:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        _remove_empty(created)
         raise
     finally:
-        _IN_FLIGHT.discard(temporary)
+        if temporary is not None:
+            _IN_FLIGHT.discard(temporary)
     return path
 
 
@@ -67,7 +103,8 @@ def remove_temporaries_in_flight() -> None:
         _IN_FLIGHT.discard(temporary)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,7 +122,7 @@ def _is_stale(temporary: Path, name: str | None = None) -> bool:
     if match is None:
         return False
     pid = match["pid"]
-    return pid is None or (int(pid) != os.getpid() and not _alive(int(pid)))
+    return pid is None or (int(pid) != os.getpid() and not process_alive(int(pid)))
 
 
 def _remove_stale(candidates: Iterable[Path], name: str | None = None) -> list[Path]:
@@ -111,3 +148,61 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     """
     path = Path(path)
     return _remove_stale(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), path.name)
+
+
+class NotAFileError(OSError):
+    """A path that exists but is not a regular file (a folder, a FIFO, a device, a socket):
+    reading it would block for ever, never end, or fail later with a misleading message."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(f"{os.fspath(path)} is {kind}, not a regular file")
+        self.filename = os.fspath(path)
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type[NotAFileError], tuple[str, str]]:
+        return (type(self), (self.filename, self.kind))
+
+
+_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` describes, in words: ``"a regular file"``, ``"a folder"``,
+    ``"a FIFO (named pipe)"``, ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """``path`` opened for binary reading, when it is a regular file.
+
+    The file is opened without blocking and checked on the open descriptor, so that a FIFO
+    (whose opening waits for a writer) or a device (``/dev/zero`` never ends) is refused at
+    once, and a file swapped for one of them between a check and the opening is refused too.
+
+    Raises:
+        NotAFileError: ``path`` is a folder, a FIFO, a device or a socket.
+        OSError: ``path`` cannot be opened (no such file, permission denied, ...).
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    descriptor = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAFileError(path, file_kind(mode))
+        if nonblocking:
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise

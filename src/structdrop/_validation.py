@@ -43,6 +43,7 @@ __all__ = [
     "check_block_size",
     "check_block_sizes",
     "check_choice",
+    "check_cpu_scalar",
     "check_dim",
     "check_drop_rate",
     "check_feature_maps",
@@ -315,6 +316,25 @@ def check_float_tensor(value: Any, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def check_cpu_scalar(
+    value: Any, name: str, dtype: torch.dtype, *, zero_dim: bool = False
+) -> torch.Tensor:
+    """A one-element CPU tensor of ``dtype`` (0-d when ``zero_dim``), e.g. the seed and the rate
+    that a mask operator reads on the host."""
+    torch = _layer_torch()
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must be a {dtype} tensor, got dtype {value.dtype}")
+    if value.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU tensor, got device {str(value.device)!r}")
+    one = value.ndim == 0 if zero_dim else value.numel() == 1
+    if not one:
+        what = "a 0-d tensor" if zero_dim else "a tensor of one element"
+        raise ValueError(f"{name} must be {what}, got shape {tuple(value.shape)}")
     return value
 
 

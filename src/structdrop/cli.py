@@ -16,6 +16,7 @@ they keep their traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -80,24 +81,34 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=EXIT_USAGE)
 
 
-def _terminate_gracefully() -> None:
-    """SIGTERM unwinds like Ctrl-C (workers stopped, temporary files removed, checkpoints kept)
-    instead of killing the process where it stands."""
+@contextlib.contextmanager
+def _terminate_gracefully() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C within the block (workers stopped, temporary files removed,
+    checkpoints kept) instead of killing the process where it stands. The handler is this
+    command's only: the one it replaced comes back on the way out, so that a program that
+    calls the command line in-process keeps its own."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     main = threading.current_thread() is threading.main_thread()
-    if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, handler)
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _user_errors(*also: type[BaseException]) -> tuple[type[BaseException], ...]:
     """The errors that are the user's input or environment, reported in one line, and ``also``."""
     from ._checkpoint import CheckpointError
+    from ._locks import ResultBusyError
     from .experiments._io import InputError
 
-    return (*also, InputError, CheckpointError)
+    return (*also, InputError, CheckpointError, ResultBusyError)
 
 
 def _environment_error(error: OSError, out: Path) -> str:
@@ -119,25 +130,46 @@ def _user_error(error: BaseException) -> str:
     return str(error)
 
 
-def _remove_if_empty(out: Path, existed: bool) -> None:
-    """Remove ``out`` if this command created it and it is still empty."""
-    if existed:
-        return
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False for a path the system refuses (a name too long, say),
+    which the checks of ``--out`` then report."""
     try:
-        out.rmdir()  # only when empty
+        return path.exists()
     except OSError:
-        pass
+        return False
 
 
-def _interruptible(run: Callable[[], None], out: Path, checkpoints: str) -> None:
+def _remove_if_empty(out: Path, existed: bool) -> None:
+    """Remove ``out`` if this command created it and it is still empty, and an empty
+    ``checkpoints`` folder in it."""
+    for folder in (out / "checkpoints", *(() if existed else (out,))):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+def _interruptible(
+    run: Callable[[], None], out: Path, checkpoints: Callable[[], list[Path]]
+) -> None:
     """``run()`` with SIGTERM unwinding like Ctrl-C, installed before ``run`` imports anything
-    heavy: an interrupt removes what stopped writers left under ``out`` and exits 130."""
-    _terminate_gracefully()
+    heavy: an interrupt removes what stopped writers left under ``out`` (and ``out`` itself when
+    this command created it and nothing is left in it) and exits 130, saying whether there is a
+    checkpoint to resume from (``checkpoints()``: this run's checkpoint files)."""
+    existed = _exists(out)
     try:
-        run()
+        with _terminate_gracefully():
+            run()
     except KeyboardInterrupt:
-        remove_stale_temporaries_under(out)  # what stopped workers were writing
-        message = f"interrupted: rerun the same command to resume from the {checkpoints}"
+        if _exists(out):
+            remove_stale_temporaries_under(out)  # what stopped workers were writing
+        kept = [path for path in checkpoints() if _exists(path)]
+        _remove_if_empty(out, existed)
+        if kept:
+            where = kept[0] if len(kept) == 1 else kept[0].parent
+            message = f"interrupted: rerun the same command to resume from {where}"
+        else:
+            message = (
+                "interrupted before the first checkpoint: rerun the same command to start again"
+            )
         typer.echo(message, err=True)
         raise typer.Exit(code=130) from None
 
@@ -158,7 +190,13 @@ def synthetic_command(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of data and runs.")] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Recompute figures whose JSON already exists.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Recompute figures whose JSON already exists, and replace files in the way "
+            "(figures and REPORT.md that are not ours); an interrupted run resumes, and "
+            "checkpoints of other settings are discarded.",
+        ),
     ] = False,
 ) -> None:
     """Sec. 5.1/5.3 and App. E at the paper's scale, and two experiments beyond the paper.
@@ -166,7 +204,14 @@ def synthetic_command(
     Writes <out>/<figure>.png, <out>/<figure>.json and <out>/REPORT.md. Finished figures are
     skipped unless --force; an interrupted run resumes from its checkpoints.
     """
-    _interruptible(lambda: _synthetic(figure, quick, out, seed, force), out, "checkpoints")
+
+    def checkpoints() -> list[Path]:
+        folders = [out / "checkpoints" / name for name in (figure or FIGURES)]
+        return sorted(
+            path for folder in folders if _exists(folder) for path in folder.rglob("*.npz")
+        )
+
+    _interruptible(lambda: _synthetic(figure, quick, out, seed, force), out, checkpoints)
 
 
 def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, force: bool) -> None:
@@ -174,12 +219,14 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
     from .experiments import _io, report, synthetic
     from .linear import DivergenceError
 
-    existed = out.exists()
+    existed = _exists(out)
     try:
         names = synthetic.check_figures(figure)
         check.check_seed(seed, "--seed")
         _io.check_out_dir(out)
+        report.check_report(out, force)
     except (ValueError, TypeError) as error:
+        _remove_if_empty(out, existed)
         fail(str(error))
     began = [time.perf_counter()]
 
@@ -202,7 +249,7 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
             progress=sys.stderr.isatty(),  # bars on a terminal, never in a log
             report=announce,
         )
-        path = report.write_report(out)
+        path = report.write_report(out, force)
     except _user_errors(DivergenceError) as error:
         _remove_if_empty(out, existed)
         fail(_user_error(error))
@@ -282,7 +329,12 @@ def deep_command(
     out: Annotated[Path, _run_option("--out", help="Output folder.")] = Path("results"),
     force: Annotated[
         bool,
-        _run_option("--force", help="Recompute even if the results exist; discard a checkpoint."),
+        _run_option(
+            "--force",
+            help="Recompute even if the results exist, and replace files in the way (results "
+            "of other settings or data, a REPORT.md that is not ours); an interrupted run "
+            "resumes, and a checkpoint of other settings or data is discarded.",
+        ),
     ] = False,
     download: Annotated[
         bool,
@@ -311,10 +363,18 @@ def deep_command(
     ] = CHECKPOINT_EVERY,
     **options: Any,
 ) -> None:
+    def checkpoints() -> list[Path]:
+        from .experiments.deep.config import checkpoint_path, config_from_options
+
+        try:
+            return [checkpoint_path(config_from_options(quick=quick, **options), out)]
+        except (ValueError, TypeError):
+            return []
+
     _interruptible(
         lambda: _deep(quick, out, force, download, progress, checkpoint_every, options),
         out,
-        "checkpoint",
+        checkpoints,
     )
 
 
@@ -331,12 +391,14 @@ def _deep(
     from .experiments import _io, deep, report
     from .linear import DivergenceError
 
-    existed = out.exists()
+    existed = _exists(out)
     try:
         config = deep.config_from_options(quick=quick, **options)
         check.check_nonnegative(checkpoint_every, "--checkpoint-every")
         _io.check_out_dir(out)
+        report.check_report(out, force)
     except (ValueError, TypeError) as error:  # the options themselves
+        _remove_if_empty(out, existed)
         fail(str(error))
     try:
         with deep.process_group(config) as procs:
@@ -349,7 +411,7 @@ def _deep(
                 checkpoint_every=checkpoint_every,
             )
         if procs.main:
-            path = report.write_report(out)
+            path = report.write_report(out, force)
     except KeyboardInterrupt:  # before looking up deep.MissingDataError (torch, maybe half-loaded)
         raise
     except (deep.MissingDataError, *_user_errors(DivergenceError)) as error:

@@ -181,7 +181,8 @@ def _root_piece(m: np.ndarray, beta: float, k: int) -> tuple[float, float]:
     positive = m[m > 0]
 
     def g(tau: float) -> float:
-        return float(np.clip(beta * (positive - tau) / tau, 0.0, 1.0).sum())
+        with np.errstate(over="ignore"):  # a subnormal tau: terms of inf are clipped to 1
+            return float(np.clip(beta * (positive - tau) / tau, 0.0, 1.0).sum())
 
     breakpoints = _breakpoints(positive, beta)
     # g(breakpoints[0]) = #positive > k and g(breakpoints[-1]) = g(max m) = 0 < k: bisect for
@@ -210,14 +211,16 @@ def _on_piece(
 
 
 def _tied(m: np.ndarray) -> np.ndarray:
-    """``m`` (sorted decreasing, unit scale) with its ties made exact: each run of entries whose
-    neighbours are within ``TIE_RTOL * m_1`` of each other takes the run's first (largest)
-    value. (Entries near zero need no such care: a positive entry below ``tau`` is on the zero
-    piece already, and :func:`~structdrop._optimum_grad.spectral_tables` treats entries at most
-    ``TIE_RTOL * m_1`` as zeros.)"""
+    """``m`` (sorted decreasing, unit scale) with its zeros and ties made exact: entries at most
+    ``TIE_RTOL * m_1`` become 0 (as :func:`~structdrop._optimum_grad.spectral_tables` treats
+    them), then each run of entries whose neighbours are within ``TIE_RTOL * m_1`` of each
+    other takes the run's first (largest) value. Zeros come first, so that no run ties a zero
+    to a positive value: a positive entry left is more than ``TIE_RTOL * m_1`` from 0."""
     if not m.size:
         return m.copy()
-    starts = np.concatenate([[True], np.diff(m) < -TIE_RTOL * m[0]])
+    tolerance = TIE_RTOL * m[0]
+    m = np.where(m <= tolerance, 0.0, m)
+    starts = np.concatenate([[True], np.diff(m) < -tolerance])
     return m[np.flatnonzero(starts)[np.cumsum(starts) - 1]]
 
 
@@ -225,10 +228,11 @@ def _decided_piece(m: np.ndarray, beta: float, k: int) -> tuple[np.ndarray, np.n
     """``(head, middle, coupling)``: the piece of the prox map whose derivative is returned at
     ``m`` (sorted decreasing, unit scale), decided with the tolerance ``TIE_RTOL``.
 
-    The decision is taken on :func:`_tied` values, so tied entries share their piece. Zeros
-    are on the ridge piece (slope ``1/(1+beta)``) when a block is left for them
-    (``k > #positive``), else on the zero piece. When ``tau`` lies within ``TIE_RTOL * m_1`` of
-    a breakpoint, the two pieces that meet there are candidates: a piece
+    The decision is taken on :func:`_tied` values, so tied entries share their piece and
+    entries at most ``TIE_RTOL * m_1`` count as zeros (whatever their last bits: 1e-17 and 0
+    are decided alike). Zeros are on the ridge piece (slope ``1/(1+beta)``) when a block is
+    left for them (``k > #positive``), else on the zero piece. When ``tau`` lies within
+    ``TIE_RTOL * m_1`` of a breakpoint, the two pieces that meet there are candidates: a piece
     on which g is flat at k wins (the map is differentiable there: x does not depend on tau),
     else the piece on the side of the larger ``tau`` (a kink: the unit at it counts as the
     smaller piece, zero rather than middle, middle rather than head).

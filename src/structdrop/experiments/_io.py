@@ -3,21 +3,30 @@
 Every result (JSON, PNG, Markdown) is written to a temporary file in the destination folder and
 renamed over the target, so a reader never sees half a file and a killed run leaves none behind.
 User matrices are read from ``.npy``, ``.npz`` or ``.csv`` files and never unpickled
-(``allow_pickle=False``): a file holding Python objects is refused, not executed.
+(``allow_pickle=False``): a file holding Python objects is refused, not executed. Only regular
+files are read (a FIFO would block, a device never end), and an array's size is checked against
+the bytes the file holds before the array is allocated, so a damaged header declaring a huge
+shape is refused, not loaded.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import stat
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from .._files import write_atomically
+from .._checkpoint import npy_header
+from .._files import NotAFileError, file_kind, open_regular, write_atomically
+from .._locks import exclusive
 
 __all__ = [
     "InputError",
@@ -78,9 +87,10 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON object stored at ``path``."""
-    with open(path, encoding="utf-8") as stream:
-        return json.load(stream)
+    """The JSON object stored at ``path`` (a regular file: a FIFO or a device is an OSError,
+    never read)."""
+    with open_regular(path) as stream:
+        return json.loads(stream.read().decode("utf-8"))
 
 
 def normalized(value: Any) -> Any:
@@ -114,34 +124,43 @@ def record_timing(out: str | os.PathLike[str], name: str, timing: dict[str, Any]
     """Store how long figure ``name`` took in ``<out>/timings.json`` (atomically). Timings are
     kept out of the figures' data, so that the same seed gives the same bytes there."""
     path = Path(out) / "timings.json"
-    try:
-        timings = read_json(path)
-    except (OSError, ValueError):
-        timings = {}
-    if not isinstance(timings, dict):
-        timings = {}
-    timings[name] = timing
-    return write_json(path, dict(sorted(timings.items())))
+    with exclusive(Path(out) / ".timings.lock"):  # runs of other results may write it too
+        try:
+            timings = read_json(path)
+        except (OSError, ValueError):
+            timings = {}
+        if not isinstance(timings, dict):
+            timings = {}
+        timings[name] = timing
+        return write_json(path, dict(sorted(timings.items())))
 
 
 def check_out_dir(out: str | os.PathLike[str]) -> Path:
     """The output folder, created if missing and checked to be a writable folder.
 
     Raises:
-        InputError: ``out`` is a file, lies under a file, or cannot be written.
+        InputError: ``out`` is a file (or a FIFO, a device, ...), lies under a file, cannot be
+            created or written, or the system refuses the path itself (a name too long for the
+            file system, ...); the message names ``--out`` and the system's reason.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+    try:
+        mode: int | None = out.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # missing, or under a file: creating it says which
+    except OSError as error:
+        raise InputError(f"--out {out} cannot be used: {_reason(error)}") from None
+    if mode is not None and not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else file_kind(mode)
+        raise InputError(f"--out {out} is {what}, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"--out {out} cannot be created: {_first_line(error)}") from None
+        raise InputError(f"--out {out} cannot be created: {_reason(error)}") from None
     try:
-        probe = tempfile.TemporaryFile(dir=out)
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as error:
-        raise InputError(f"--out {out} is not writable: {_first_line(error)}") from None
-    probe.close()
+        raise InputError(f"--out {out} is not writable: {_reason(error)}") from None
     return out
 
 
@@ -168,29 +187,48 @@ def load_matrix(path: str | os.PathLike[str], name: str) -> np.ndarray:
     ``.npy``: the array (never unpickled). ``.npz``: its only array, or the one named ``name``
     (case-insensitive, e.g. ``X`` in a file holding ``X`` and ``Y``). ``.csv``: comma-separated
     numbers, one matrix row per line (lines starting with ``#`` are comments). A vector is read as
-    a single row.
+    a single row. The file is read only when it is a regular file, and an array only when the
+    file holds the bytes that its header declares.
 
     Args:
         path: the file.
         name: what the matrix is (``"X"``, ``"Y"``), used in messages and to pick an ``.npz`` entry.
 
     Raises:
-        InputError: a missing file, an unknown suffix, pickled objects, non-numeric, non-finite or
-            empty data, or not a matrix.
+        InputError: a missing file, a folder, FIFO, device or socket, an unknown suffix, pickled
+            objects, a header declaring more or fewer bytes than the file holds, an archive
+            without arrays, non-numeric, non-finite or empty data, or not a matrix.
     """
     path = Path(path)
     source = f"{name} ({path})"
-    if not path.is_file():
-        raise InputError(f"{name}: no such file: {path}")
+    try:
+        stream = open_regular(path)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file: {path}") from None
+    except NotAFileError as error:
+        raise InputError(
+            f"{name}: {path} is {error.kind}, not a regular file; give a .npy, .npz or .csv file"
+        ) from None
+    except OSError as error:
+        raise InputError(f"{name}: cannot read {path}: {_reason(error)}") from None
+    with stream:
+        array = _read_matrix(stream, path, name)
+    return _as_matrix(np.asarray(array), source)
+
+
+def _read_matrix(stream: IO[bytes], path: Path, name: str) -> Any:
+    """The array that the open file ``stream`` (at ``path``) holds, or an InputError."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"{name}: {path} must end in one of {', '.join(SUFFIXES)}")
-    _check_magic(path, suffix, name)
     try:
+        _check_magic(stream, path, suffix, name)
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
+            _check_size(stream, os.fstat(stream.fileno()).st_size, path, name)
+            stream.seek(0)
+            return np.load(stream, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(stream, allow_pickle=False) as archive:
                 keys = list(archive.keys())
                 chosen = [k for k in keys if k.lower() == name.lower()]
                 if len(keys) == 1:
@@ -200,11 +238,23 @@ def load_matrix(path: str | os.PathLike[str], name: str) -> np.ndarray:
                         f"{name}: {path} holds arrays {keys}; expected one array or one named "
                         f"{name!r}"
                     )
-                array = archive[chosen[0]]
-        else:
-            array = np.loadtxt(path, delimiter=",", ndmin=2, comments="#", dtype=np.float64)
+                _check_member_size(archive.zip, chosen[0], path, name)
+                return archive[chosen[0]]
+        with warnings.catch_warnings():
+            # an empty file is refused below, in one line, not with NumPy's warning first
+            warnings.filterwarnings("ignore", message=".*input contained no data")
+            text = io.TextIOWrapper(stream, encoding="utf-8-sig")
+            array = np.loadtxt(text, delimiter=",", ndmin=2, comments="#", dtype=np.float64)
+        if array.size == 0:
+            raise InputError(
+                f"{name}: {path} holds no numbers (it is empty, or holds comments only); write "
+                "one matrix row per line, numbers separated by commas"
+            )
+        return array
     except InputError:
         raise
+    except MemoryError:
+        raise InputError(f"{name}: {path} is too large to load into memory") from None
     except ValueError as error:
         if "allow_pickle" in str(error) or "Object arrays" in str(error):
             raise InputError(
@@ -212,28 +262,61 @@ def load_matrix(path: str | os.PathLike[str], name: str) -> np.ndarray:
                 "save a numeric array instead"
             ) from None
         raise InputError(f"{name}: cannot read {path}: {_first_line(error)}") from None
-    except (OSError, EOFError, KeyError) as error:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
         raise InputError(f"{name}: cannot read {path}: {_first_line(error)}") from None
-    return _as_matrix(np.asarray(array), source)
+
+
+def _check_size(stream: IO[bytes], size: int, path: Path, name: str, member: str = "") -> None:
+    """Raise an InputError unless the ``.npy`` data of ``size`` bytes at ``stream``'s position
+    hold exactly the bytes that their header declares (read before the array is, so that a
+    header declaring a huge shape allocates nothing)."""
+    start = stream.tell()
+    shape, dtype, declared = npy_header(stream)
+    available = size - (stream.tell() - start)
+    if declared is not None and declared != available:  # objects: refused by np.load
+        where = f"its array {member!r}" if member else "its header"
+        holder = "the archive" if member else "the file"
+        raise InputError(
+            f"{name}: {path} is damaged: {where} declares an array of shape "
+            f"{shape} and dtype {dtype} ({declared} bytes) but {holder} holds {available} bytes; "
+            "save the matrix again"
+        )
+
+
+def _check_member_size(archive: zipfile.ZipFile, key: str, path: Path, name: str) -> None:
+    """:func:`_check_size` for the ``.npz`` entry ``key`` (a ``.npy`` member, as ``np.savez``
+    writes them; any other member is read as bytes and refused as not numeric)."""
+    names = archive.namelist()
+    member = key if key in names else f"{key}.npy"
+    info = archive.getinfo(member)
+    with archive.open(info) as data:
+        if data.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            return
+        data.seek(0)
+        _check_size(data, info.file_size, path, name, key)
 
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP_MAGIC = b"PK\x05\x06"  # the end of an archive's directory, with nothing before it
 PICKLE_PROTOCOL = b"\x80"
 
 
-def _check_magic(path: Path, suffix: str, name: str) -> None:
-    """Say what a ``.npy`` or ``.npz`` file really is when its first bytes are not NumPy's."""
+def _check_magic(stream: IO[bytes], path: Path, suffix: str, name: str) -> None:
+    """Say what a ``.npy`` or ``.npz`` file really is when its first bytes are not NumPy's
+    (``stream`` is left at the start)."""
     if suffix not in (".npy", ".npz"):
         return
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(8)
-    except OSError as error:
-        raise InputError(f"{name}: cannot read {path}: {_first_line(error)}") from None
+    head = stream.read(8)
+    stream.seek(0)
     expected = NPY_MAGIC if suffix == ".npy" else ZIP_MAGIC
     if head.startswith(expected):
         return
+    if suffix == ".npz" and head.startswith(EMPTY_ZIP_MAGIC):
+        raise InputError(
+            f"{name}: {path} holds no arrays (an empty .npz archive); save the matrix in it, "
+            f"e.g. np.savez(file, {name}=matrix)"
+        )
     if head.startswith(PICKLE_PROTOCOL):
         raise InputError(
             f"{name}: {path} holds Python objects (pickled data), which are never loaded; save "
@@ -252,6 +335,11 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return all(ch.isprintable() or ch.isspace() for ch in head.decode("utf-8"))
+
+
+def _reason(error: OSError) -> str:
+    """The system's reason for ``error`` ("File name too long"), without the path it names."""
+    return error.strerror or _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

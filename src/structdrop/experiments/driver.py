@@ -6,6 +6,11 @@ mask law by identity; its leftover checkpoints, if any, are then removed. A figu
 settings, or a file that is not a structdrop figure, is not overwritten without ``force``; one
 written in a format without the laws' identities is recomputed. Timings go to
 ``timings.json``, never into a figure's data: the same seed gives the same bytes.
+
+A run owns the figures it computes while it runs (:mod:`structdrop._locks`): a second run that
+asks for one of them in the same folder refuses at once, naming the first. ``force`` resumes
+the checkpoints of the same settings (a forced run that was interrupted resumes when it is run
+again) and discards those that cannot be resumed (other settings, damaged).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._checkpoint import CheckpointError
+from .._files import remove_stale_temporaries_under
+from .._locks import owning
 from ..linear import DivergenceError
 from . import _io, plots
 from .config import Config
@@ -90,25 +98,32 @@ def check_settings(out: Path, names: Sequence[str], config: Config, force: bool)
         )
 
 
-def run_figure(name: str, config: Config, out: Path, progress: bool = False) -> dict[str, Any]:
+def run_figure(
+    name: str, config: Config, out: Path, progress: bool = False, force: bool = False
+) -> dict[str, Any]:
     """Compute one figure, write ``<out>/<name>.png`` and ``<out>/<name>.json`` (atomically, the
     JSON last: it marks the figure as done), and drop its checkpoints. The time it took goes to
     ``<out>/timings.json``, not into the figure's data (same seed, same bytes).
 
     A killed run keeps its checkpoints and resumes; a diverged one loses them (they are useless).
+    With ``force``, checkpoints that cannot be resumed (of other settings, damaged) are
+    discarded and the figure computed afresh, instead of raising CheckpointError.
     """
     out = Path(out)
     figure = FIGURES[name]
-    fresh = not out.exists()
+    folder = out / "checkpoints" / name
     start = time.perf_counter()
     try:
         with single_thread():
-            result = figure.compute(config, out / "checkpoints" / name, progress)
+            try:
+                result = figure.compute(config, folder, progress)
+            except CheckpointError:
+                if not force:
+                    raise
+                discard_checkpoints(out, name)
+                result = figure.compute(config, folder, progress)
     except DivergenceError:
         discard_checkpoints(out, name)
-        if fresh:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only when empty
         raise
     elapsed = time.perf_counter() - start
     data = {"figure": name, "title": figure.title, "config": config.identity(), **result}
@@ -144,8 +159,9 @@ def run(
         out: output folder.
         quick: shrink the iterations (tests, smoke runs).
         seed: the seed of the data and of every run.
-        force: recompute figures whose JSON already exists, discarding their checkpoints (also
-            damaged or foreign ones) and overwriting files that stand in the way.
+        force: recompute figures whose JSON already exists and overwrite files that stand in
+            the way; checkpoints of the same settings are resumed, others (damaged, foreign)
+            discarded.
         progress: tqdm progress bars.
         config: base settings (default :class:`Config`); ``quick`` and ``seed`` apply on top.
         report: called as ``report(name, status, data)`` after each figure.
@@ -156,20 +172,41 @@ def run(
     if quick and not base.quick:
         base = base.quick_version()
     out = Path(out)
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with owning(out, names):
+            remove_stale_temporaries_under(out)  # of runs killed outright (SIGKILL)
+            return _run_owned(names, out, base, force, progress, report)
+    except BaseException:
+        if fresh:  # leave no empty folder behind (rmdir: only when empty)
+            for folder in (out / "checkpoints", out):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def _run_owned(
+    names: list[str],
+    out: Path,
+    config: Config,
+    force: bool,
+    progress: bool,
+    report: Callable[[str, str, dict[str, Any] | None], None] | None,
+) -> dict[str, str]:
+    """:func:`run` once it owns the figures."""
     check_outputs(out, names, force)
-    check_settings(out, names, base, force)
+    check_settings(out, names, config, force)
     status: dict[str, str] = {}
     for name in names:
-        if force:
-            discard_checkpoints(out, name)
-        elif is_done(out, name, base):
+        if not force and is_done(out, name, config):
             # a run killed after the JSON was written may have left them
             discard_checkpoints(out, name)
             status[name] = "skipped"
             if report is not None:
                 report(name, "skipped", None)
             continue
-        data = run_figure(name, base, out, progress=progress)
+        data = run_figure(name, config, out, progress=progress, force=force)
         status[name] = "done"
         if report is not None:
             report(name, "done", data)

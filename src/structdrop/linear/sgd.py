@@ -8,11 +8,13 @@ exact expected objective is recorded at ~log-spaced iterations in the Gram form.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 from .. import _validation as check
 from .._arrays import to_numpy
 from .._checkpoint import CheckpointError, check_array, load_checkpoint, save_checkpoint
+from .._files import file_kind
 from .._validation import as_generator
 from ..objectives import Gram, weight_keep_prob
 from ..schemes import Scheme, check_scheme
@@ -153,9 +156,11 @@ class RunState:
         fingerprint: str,
         shapes: tuple[tuple[int, int], tuple[int, int]],
         points: int,
+        generator: np.random.BitGenerator,
     ) -> RunState | None:
         """The verified state at ``path`` (None when there is none); a checkpoint of another
-        run, or one whose arrays or progress do not fit this run, raises CheckpointError."""
+        run, or one whose arrays, progress or generator state (which must be a state of
+        ``generator``'s kind) do not fit this run, raises CheckpointError."""
 
         def check(state: dict[str, Any]) -> None:
             check_array(state["U"], "U", shapes[0], np.float64)
@@ -171,8 +176,7 @@ class RunState:
                     isinstance(v, float) and math.isfinite(v) for v in values
                 ):
                     raise ValueError(f"{name} does not hold {position + 1} finite numbers")
-            if not isinstance(state["rng_state"], dict):
-                raise ValueError("rng_state is not a generator state")
+            _check_generator_state(state["rng_state"], generator)
 
         state = load_checkpoint(path, kind=CHECKPOINT_KIND, identity=fingerprint, check=check)
         if state is None:
@@ -180,7 +184,27 @@ class RunState:
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
 
+def _check_generator_state(rng_state: Any, generator: np.random.BitGenerator) -> None:
+    """Raise ValueError unless ``rng_state`` is a state that ``generator`` can take: it is set
+    on a copy, so that ``generator`` is left as it is whatever the outcome."""
+    name = type(generator).__name__
+    if not isinstance(rng_state, dict):
+        raise ValueError(
+            f"rng_state is not a {name} generator state (a {type(rng_state).__name__})"
+        )
+    try:
+        copy.deepcopy(generator).state = rng_state
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
+        problem = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ValueError(
+            f"rng_state is not a {name} generator state ({type(error).__name__}: {problem})"
+        ) from None
+
+
 def _checkpoint_path(checkpoint: str | os.PathLike[str] | None) -> Path | None:
+    """``checkpoint`` as a path that a checkpoint file can be written at, checked before any
+    work: not a folder, and not under a file (which would fail the first save, after the
+    run's first stretch of work)."""
     if checkpoint is None:
         return None
     if not isinstance(checkpoint, str | os.PathLike):
@@ -188,8 +212,29 @@ def _checkpoint_path(checkpoint: str | os.PathLike[str] | None) -> Path | None:
     if not os.fspath(checkpoint).strip():
         raise ValueError(f"checkpoint must be a file path or None, got {checkpoint!r}")
     path = Path(checkpoint)
-    if path.is_dir():
-        raise CheckpointError(path, "is a folder where a checkpoint file should be", "remove it")
+    for place in (path, *path.parents):  # the path, then its folders, nearest first
+        try:
+            mode = place.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing (created on the first save), or under a file found further up
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise CheckpointError(
+                path, f"cannot be used ({reason})", "choose another checkpoint path"
+            ) from None
+        if place == path:
+            if stat.S_ISDIR(mode):
+                raise CheckpointError(
+                    path, "is a folder where a checkpoint file should be", "remove it"
+                )
+            continue
+        if not stat.S_ISDIR(mode):
+            raise CheckpointError(
+                path,
+                f"lies under {place}, which is {file_kind(mode)}, not a folder",
+                f"choose another checkpoint path, or move {place} out of the way",
+            )
+        break  # the nearest existing folder: the first save creates the rest
     return path
 
 
@@ -261,7 +306,8 @@ def fit_sgd(
     fingerprint = _fingerprint(X, Y, U_init, V_init, points, rng=rng.bit_generator.state, **config)
     state = None
     if path is not None:
-        state = RunState.load(path, fingerprint, (U_init.shape, V_init.shape), points.size)
+        shapes = (U_init.shape, V_init.shape)
+        state = RunState.load(path, fingerprint, shapes, points.size, rng.bit_generator)
     if state is None:
         state = RunState.start(
             U_init, V_init, float(stats.expected_loss(U_init, V_init, scheme)), rng

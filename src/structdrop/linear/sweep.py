@@ -1,17 +1,29 @@
-"""Run many independent trainings (schemes, drop rates, seeds) over the machine's cores."""
+"""Run many independent trainings (schemes, drop rates, seeds) over the machine's cores.
+
+Workers are started from a clean process (multiprocessing's ``forkserver`` where the platform
+has it, else ``spawn``), never forked from the caller: they inherit none of its threads, locks
+or signal handlers, and nothing the caller holds can leave them waiting for ever. Each worker
+takes the caller's BLAS thread counts, so a job computes the same numbers as it would in the
+calling process.
+
+A sweep stops its workers when it is interrupted or a job raises: SIGTERM first (a worker
+removes the file it was writing and exits), SIGKILL after :data:`STOP_SECONDS` for any that
+has not exited; every wait of the teardown is bounded.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-from .._files import remove_temporaries_in_flight
+from .._files import process_alive, remove_temporaries_in_flight
 
 __all__ = ["run_sweep"]
 
@@ -19,6 +31,9 @@ T = TypeVar("T")
 
 #: Seconds between a worker's checks that the process that started it is still alive.
 PARENT_POLL_SECONDS = 0.5
+#: Seconds a stopped worker has to exit after SIGTERM before it is killed (SIGKILL), and the
+#: bound of every other wait while a sweep is torn down.
+STOP_SECONDS = 2.0
 
 
 def _exit_now(status: int) -> None:
@@ -26,20 +41,63 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-def _exit_with_parent() -> None:
-    """Worker initializer: a daemon thread ends this worker as soon as its parent is gone
-    (killed with SIGKILL, say), which the pool itself never notices, so no orphan keeps a core;
-    SIGTERM (how an interrupted sweep stops its workers) ends it at once too. Either way the
-    file the worker was writing is removed, not left half-written."""
-    parent = os.getppid()
+def _watch_parent(parent: int, server: int) -> None:
+    """End this worker once the sweep's process is gone (killed with SIGKILL, say: the pool
+    never notices), or once the worker's own parent (the fork server, which exits with the
+    sweep's process) is. Runs in a daemon thread that blocks the signals meant for the main
+    thread, so that the kernel always delivers them there."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    while process_alive(parent) and os.getppid() == server:
+        time.sleep(PARENT_POLL_SECONDS)
+    _exit_now(1)
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        _exit_now(1)
 
-    threading.Thread(target=watch, name="structdrop-parent-watch", daemon=True).start()
+def _start_worker(parent: int, blas_threads: dict[str, int]) -> None:
+    """Worker initializer: SIGTERM (how a sweep stops its workers) exits at once, removing the
+    file being written; SIGINT is left to the sweep's process (a Ctrl-C reaches the whole
+    process group); the worker exits with the sweep's process; BLAS runs with the caller's
+    thread counts."""
     signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(128 + signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watcher = threading.Thread(
+        target=_watch_parent,
+        args=(parent, os.getppid()),
+        name="structdrop-parent-watch",
+        daemon=True,
+    )
+    watcher.start()
+    if blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=blas_threads)
+
+
+def _blas_threads() -> dict[str, int]:
+    """The calling process's thread count of each BLAS API loaded (threadpoolctl), or nothing
+    when threadpoolctl is not installed."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    return {
+        info["user_api"]: int(info["num_threads"])
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    }
+
+
+#: Modules the fork server imports once, so that each worker starts with them loaded.
+PRELOAD = ("structdrop.linear", "structdrop.objectives", "structdrop.optimum")
+
+
+def _context() -> Any:
+    """A multiprocessing context whose workers start from a clean process: forked from a fork
+    server that has loaded :data:`PRELOAD` (``spawn`` where there is no fork server)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
 
 
 def _call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
@@ -58,14 +116,31 @@ def _call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
         raise
 
 
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop the pool's workers now (an interrupted sweep must not wait for its jobs)."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        terminate()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a sweep now: cancel the jobs not started, SIGTERM the workers, SIGKILL those still
+    running after :data:`STOP_SECONDS`, and wait (bounded) for the pool's manager thread.
+
+    The pool's internals are read before ``shutdown``, which forgets them; jobs left in the
+    pipe to the dead workers are dropped, so that nothing waits to send them at exit."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    call_queue = getattr(pool, "_call_queue", None)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(STOP_SECONDS)
+    if call_queue is not None:
+        call_queue.cancel_join_thread()
+    if manager is not None:
+        manager.join(STOP_SECONDS)
 
 
 def run_sweep(
@@ -74,7 +149,8 @@ def run_sweep(
     """``[function(**kwargs) for kwargs in jobs]``, computed in parallel processes.
 
     Worker processes exit within about a second when the calling process dies, however it dies,
-    and are stopped at once when the sweep is interrupted (an exception, Ctrl-C, SIGTERM).
+    and are stopped at once when the sweep is interrupted (an exception, Ctrl-C, SIGTERM); the
+    first job to raise stops the sweep, and its exception is raised here.
 
     Args:
         function: a picklable (module-level) function.
@@ -90,12 +166,21 @@ def run_sweep(
     workers = min(workers, max(len(jobs), 1))
     if workers == 1:
         return [function(**kwargs) for kwargs in jobs]
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_context(),
+        initializer=_start_worker,
+        initargs=(os.getpid(), _blas_threads()),
+    )
     try:
         futures = [pool.submit(_call, function, dict(kwargs)) for kwargs in jobs]
-        return [future.result() for future in futures]
+        wait(futures, return_when=FIRST_EXCEPTION)  # a failed job ends the wait at once
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                future.result()  # raises the failure of the first job, in job order, that failed
+        results = [future.result() for future in futures]
     except BaseException:
-        _terminate_workers(pool)
+        _stop(pool)
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
+    return results

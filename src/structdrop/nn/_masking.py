@@ -30,8 +30,10 @@ def zero_output(input: Tensor, inplace: bool) -> Tensor:
 
 def batch_scaled(keep: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
     """``keep`` times its size over its number of kept units plus ``eps`` (summed in float32,
-    as torchvision and timm), capped so that an all-dropped mask gives zeros, not NaN."""
+    as torchvision and timm), in ``keep``'s own dtype (float32 for a half-precision output, so
+    that the product with the input is rounded once), the factor capped at the largest finite
+    value of ``dtype`` (the output's) so that an all-dropped mask gives zeros, not NaN."""
     kept = keep.sum(dtype=torch.float32)
     largest = min(torch.finfo(torch.float32).max, torch.finfo(dtype).max)
     factor = (keep.numel() / (kept + eps)).clamp_max(largest)
-    return keep.mul_(factor.to(dtype))
+    return keep.mul_(factor.to(keep.dtype))

@@ -111,28 +111,41 @@ def _replacement(
     return None
 
 
-def _convert_children(
+def _plan_children(
     module: nn.Module,
     known: list[tuple[type, bool, Mapping]],
     options: dict[str, Any],
     done: dict[int, nn.Module],
+    plan: list[tuple[nn.Module, str, nn.Module]],
 ) -> None:
-    """Replace the known layers below ``module``. ``done`` maps each layer already replaced to
-    its replacement, so that a layer used twice (or under two names) becomes one layer used
-    twice, as before."""
+    """Add to ``plan`` a ``(parent, name, new layer)`` for each known layer below ``module``.
+    ``done`` maps each layer already seen to its replacement (itself when it is not replaced),
+    so that a layer used twice (or under two names) becomes one layer used twice, as before."""
     # module._modules, not named_children(): the latter yields a module used twice only once
-    for name, child in list(module._modules.items()):
+    for name, child in module._modules.items():
         if child is None:
             continue
         if id(child) not in done:
             new = _replacement(child, known, options)
             if new is None:
                 done[id(child)] = child
-                _convert_children(child, known, options, done)
+                _plan_children(child, known, options, done, plan)
             else:
                 done[id(child)] = new
         if done[id(child)] is not child:
-            setattr(module, name, done[id(child)])
+            plan.append((module, name, done[id(child)]))
+
+
+def _check_not_scripted(model: nn.Module) -> None:
+    """Refuse a scripted model, or a model with a scripted submodule (named by its path): its
+    layers are compiled TorchScript, which cannot be swapped, and none is silently left."""
+    for path, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            what = "a scripted model" if not path else f"the scripted submodule {path!r}"
+            raise TypeError(
+                f"cannot convert {what} (its layers are compiled TorchScript): call "
+                f"convert_dropblock on the model before torch.jit.script"
+            )
 
 
 def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
@@ -146,7 +159,8 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
       ``DropBlock2d/3d(p, b, inplace, eps, boundary="valid", shared_channels=False)``;
     * timm's ``DropBlock2d(drop_prob, b, gamma_scale, inplace, couple_channels)`` becomes
       ``DropBlock2d(min(gamma_scale * drop_prob, 1), b, inplace, boundary="clipped",
-      shared_channels=couple_channels)``;
+      shared_channels=couple_channels, batchwise=batchwise)`` (older timm releases have
+      ``batchwise``: one mask for the batch; False where a layer has none);
     * ``dropblock.DropBlock2D/3D(drop_prob, b)`` becomes
       ``DropBlock2d/3d(drop_prob, b, boundary="clipped", shared_channels=True)``.
 
@@ -160,7 +174,8 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
     timm layers with ``with_noise=True`` or ``scale_by_keep=False`` have no counterpart and raise
     a ``ValueError``. The new layer keeps the old one's training mode. ``drop_prob`` (the name
     timm's and ``dropblock``'s schedulers set) is an alias of ``p`` on our layers, and
-    :class:`~structdrop.nn.DropRateSchedule` drives the converted model in one call.
+    :class:`~structdrop.nn.DropRateSchedule` drives the converted model in one call. Every layer
+    is mapped before any is replaced: when the call raises, ``model`` is unchanged.
 
     Args:
         model: any module; a model without such layers comes back unchanged. A layer used
@@ -172,8 +187,9 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
         ``model`` itself, or the replacement when ``model`` is itself such a layer.
 
     Raises:
-        TypeError: ``model`` is not a module, or is a scripted one (convert before
-            ``torch.jit.script``).
+        TypeError: ``model`` is not a module, or it or one of its submodules is scripted
+            (convert before ``torch.jit.script``); the message names the submodule.
+        ValueError: a timm layer has no counterpart (see above).
 
     Examples:
         ```python
@@ -192,14 +208,13 @@ def convert_dropblock(model: nn.Module, **options: Any) -> nn.Module:
         raise TypeError(
             f"convert_dropblock got unknown options {unknown}; the options are {list(_OPTIONS)}"
         )
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError(
-            "cannot convert a scripted model (its layers are compiled TorchScript): call "
-            "convert_dropblock on the model before torch.jit.script"
-        )
+    _check_not_scripted(model)
     known = _known_classes()
     root = _replacement(model, known, options)
     if root is not None:
         return root
-    _convert_children(model, known, options, {id(model): model})
+    plan: list[tuple[nn.Module, str, nn.Module]] = []
+    _plan_children(model, known, options, {id(model): model}, plan)
+    for parent, name, new in plan:
+        setattr(parent, name, new)
     return model

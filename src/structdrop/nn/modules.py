@@ -157,7 +157,7 @@ class _DropBlockNd(nn.Module):
         if "_rate" in self.__dict__:
             self._rate.fill_(p)
         else:  # a plain attribute, not a buffer: it stays on the CPU and out of state_dict
-            self._rate = torch.tensor([p], dtype=torch.float64)
+            self._rate = torch.tensor([p], dtype=torch.float64, device="cpu")
 
     @fx_leaf
     def forward(

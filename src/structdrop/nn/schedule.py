@@ -126,7 +126,10 @@ class DropRateSchedule:
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` and set ``p`` on every layer accordingly."""
+        """Restore a state from :meth:`state_dict` and set ``p`` on every layer accordingly.
+
+        Every entry is checked before anything changes: a state that is refused leaves the
+        schedule and its layers as they were."""
         missing = {"last_step", "start", "stop", "steps"} - set(state_dict)
         if missing:
             raise ValueError(f"state_dict misses the keys {sorted(missing)}")
@@ -135,21 +138,22 @@ class DropRateSchedule:
             raise TypeError(f"last_step must be an integer, got {last_step!r}")
         if last_step < 0:
             raise ValueError(f"last_step must be >= 0, got {last_step}")
-        self.start = check.check_probability(state_dict["start"], "start")
+        start = check.check_probability(state_dict["start"], "start")
         stop = state_dict["stop"]
-        self.stop = None if stop is None else check.check_probability(stop, "stop")
-        if self.stop is None:
+        stop = None if stop is None else check.check_probability(stop, "stop")
+        if stop is None:
             stops = state_dict.get("stops")
             if not isinstance(stops, list | tuple) or len(stops) != len(self.layers):
                 raise ValueError(
                     f"state_dict must hold 'stops', one rate per layer ({len(self.layers)}), "
                     f"when stop is None, got {stops!r}"
                 )
-            self.stops = [check.check_probability(rate, "stops") for rate in stops]
+            stops = [check.check_probability(rate, "stops") for rate in stops]
         else:
-            self.stops = self._stops()
-        self.steps = check.check_positive_int(state_dict["steps"], "steps")
-        self.last_step = int(last_step)
+            stops = [stop] * len(self.layers)
+        steps = check.check_positive_int(state_dict["steps"], "steps")
+        self.start, self.stop, self.stops = start, stop, stops
+        self.steps, self.last_step = steps, int(last_step)
         self._apply()
 
     def __repr__(self) -> str:

@@ -29,13 +29,15 @@ CHECKPOINT_KIND = "structdrop.experiments.deep.train"
 def save_state(
     path: Path,
     config: DeepConfig,
+    source: dict[str, Any] | None,
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     history: dict[str, list[Any]],
     epoch_seconds: list[float],
 ) -> None:
-    """Write the state after ``epoch`` epochs to ``path`` (atomically)."""
+    """Write the state after ``epoch`` epochs to ``path`` (atomically), bound to ``config`` and
+    ``source``, the source of the data the run loaded (:func:`.config.run_identity`)."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -43,7 +45,7 @@ def save_state(
         "history": history,
         "epoch_seconds": epoch_seconds,
     }
-    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=run_identity(config), state=state)
+    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=run_identity(config, source), state=state)
 
 
 def check_state(state: dict[str, Any], config: DeepConfig, model: nn.Module) -> None:
@@ -72,14 +74,19 @@ def check_state(state: dict[str, Any], config: DeepConfig, model: nn.Module) -> 
 
 
 def load_state(
-    path: Path, config: DeepConfig, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    config: DeepConfig,
+    source: dict[str, Any] | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
 ) -> dict[str, Any] | None:
     """Restore ``model`` and ``optimizer`` from the checkpoint at ``path`` and return its state;
-    None when there is no file. A checkpoint that is not this run's raises CheckpointError."""
+    None when there is no file. A checkpoint that is not this run's (``config``, and ``source``,
+    the source of the data this run loaded) raises CheckpointError."""
     state = load_checkpoint(
         path,
         kind=CHECKPOINT_KIND,
-        identity=run_identity(config),
+        identity=run_identity(config, source),
         check=lambda state: check_state(state, config, model),
     )
     if state is None:

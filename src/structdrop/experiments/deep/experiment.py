@@ -15,20 +15,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._files import remove_stale_temporaries
+from ..._files import remove_stale_temporaries, remove_stale_temporaries_under
 from .. import _io, plots
-from .config import CHECKPOINT_EVERY, DeepConfig, data_source, make_scheme
+from .config import (
+    CHECKPOINT_EVERY,
+    DeepConfig,
+    checkpoint_path,
+    data_source,
+    make_scheme,
+    results_name,
+)
 from .data import download as download_dataset
-from .parallel import Processes, processes
+from .parallel import Processes, owning, processes
 from .theory import theoretical_minimum
 from .training import TrainResult, train
 
-__all__ = ["results", "results_name", "run_deep", "timing"]
-
-
-def results_name(config: DeepConfig) -> str:
-    """``fig2`` for digits, ``fig2_<dataset>`` for the other data sets."""
-    return "fig2" if config.dataset == "digits" else f"fig2_{config.dataset}"
+__all__ = ["checkpoint_path", "results", "results_name", "run_deep", "timing"]
 
 
 def _relative_error(trained: list[float], predicted: list[float]) -> float:
@@ -49,7 +51,7 @@ def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
         "experiment": "fig2",
         "figure": f"{results_name(config)}.png",
         "config": config.identity(),
-        "data_source": data_source(config),
+        "data_source": data.source,  # of what the run read, when it read it
         "dataset": {
             "name": data.name,
             "train_size": len(data),
@@ -108,17 +110,21 @@ def run_deep(
 ) -> dict[str, Any]:
     """Run the Fig. 2 experiment and write ``<out>/fig2.png`` and ``<out>/fig2.json``.
 
-    Other data sets than ``digits`` write ``fig2_<dataset>.*``. A finished run with the same
-    configuration and data (:func:`.config.data_source`) is reused unless ``force`` (and its
-    leftover checkpoint removed); one of other settings or data raises InputError, before any
-    work, unless ``force``; an interrupted one resumes from
-    ``<out>/checkpoints/fig2*.pt`` (deleted once the results are written). Under
-    ``torch.distributed`` process 0 writes the files and every process returns the data.
+    Other data sets than ``digits`` write ``fig2_<dataset>.*``. The run owns its result name
+    in ``out`` while it runs: a second run of the same name there refuses at once
+    (:class:`structdrop._locks.ResultBusyError`), whatever its settings. A finished run with the
+    same configuration and data (:func:`.config.data_source`) is reused unless ``force`` (and
+    its leftover checkpoint removed); one of other settings or data raises InputError, before
+    any work, unless ``force``. An interrupted run resumes from
+    ``<out>/checkpoints/fig2*.pt`` (deleted once the results are written), with ``force`` too:
+    ``force`` discards a checkpoint only when it is not this run's. Under ``torch.distributed``
+    process 0 writes the files and every process returns the data.
 
     Args:
         config: the run (see :class:`DeepConfig`).
         out: results folder.
-        force: recompute even if results or a checkpoint exist.
+        force: recompute even if results exist; replace results of other settings or data;
+            discard a checkpoint that is not this run's.
         progress: show a progress bar (None: only on an interactive terminal).
         download: first fetch the data set into ``config.data_dir`` through torchvision
             (process 0; see :func:`~structdrop.experiments.deep.data.download`).
@@ -129,8 +135,27 @@ def run_deep(
     """
     out = Path(out)
     name = results_name(config)
+    procs = processes(config)
+    out.mkdir(parents=True, exist_ok=True)
+    with owning(out, name, procs):
+        if procs.main:
+            remove_stale_temporaries_under(out)  # of runs killed outright (SIGKILL)
+        return _run_owned(config, out, name, procs, force, progress, download, checkpoint_every)
+
+
+def _run_owned(
+    config: DeepConfig,
+    out: Path,
+    name: str,
+    procs: Processes,
+    force: bool,
+    progress: bool | None,
+    download: bool,
+    checkpoint_every: float,
+) -> dict[str, Any]:
+    """:func:`run_deep` once the run owns its result name."""
     json_path, figure_path = out / f"{name}.json", out / f"{name}.png"
-    checkpoint = out / "checkpoints" / f"{name}.pt"
+    checkpoint = checkpoint_path(config, out)
     finished = None if force else _finished_results(json_path)
     wanted = _io.normalized(config.identity())
     if finished is not None and finished.get("config") != wanted:
@@ -138,7 +163,6 @@ def run_deep(
         made = found if isinstance(found, dict) else {}
         changed = sorted(key for key in {*made, *wanted} if made.get(key) != wanted.get(key))
         _refuse(json_path, f"other settings ({', '.join(changed)} differ)")
-    procs = processes(config)
     if download:
         if procs.main:
             download_dataset(config.dataset, config.data_dir)
@@ -152,11 +176,12 @@ def run_deep(
             _discard_checkpoint(checkpoint)  # a run killed after its results were written
         procs.barrier()
         return finished
-    if force and procs.main:
-        checkpoint.unlink(missing_ok=True)
-    procs.barrier()
     result = train(
-        config, checkpoint=checkpoint, progress=progress, checkpoint_every=checkpoint_every
+        config,
+        checkpoint=checkpoint,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        discard_foreign=force,
     )
     data = _io.to_jsonable(results(config, result))
     if procs.main:

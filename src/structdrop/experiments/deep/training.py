@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import _validation as check
+from ..._checkpoint import CheckpointError
 from ...linear.sgd import DivergenceError
 from .checkpoint import load_state, save_state
 from .config import DeepConfig, make_scheme
@@ -90,6 +91,9 @@ class Recipe:
         checkpoint_every: write the checkpoint after an epoch only once this many seconds have
             passed since the last one (0: after every epoch). A ResNet-50 checkpoint is about
             300 MB, a second to write: every epoch of the default run would double its time.
+        discard_foreign: a checkpoint that is not this run's (another configuration or data,
+            damaged) is deleted and the run starts afresh, instead of raising CheckpointError;
+            this run's own checkpoint is resumed either way.
     """
 
     def __init__(
@@ -98,9 +102,11 @@ class Recipe:
         checkpoint: Path | None = None,
         progress: bool | None = False,
         checkpoint_every: float = 0.0,
+        discard_foreign: bool = False,
     ) -> None:
         self.config = config
         self.checkpoint = checkpoint
+        self.discard_foreign = discard_foreign
         self.progress = progress
         self.checkpoint_every = check.check_nonnegative(checkpoint_every, "checkpoint_every")
         self.last_save = time.monotonic()
@@ -123,21 +129,42 @@ class Recipe:
                 f"batch_size must be >= the number of processes {procs.world}, "
                 f"got {config.batch_size}"
             )
-        self.model = build_model(config, self.data.classes).to(procs.device)
-        if procs.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        self._initialize()
         self.history, self.epoch_seconds, self.start_epoch = empty_history(), [], 0
         state = None
         if self.checkpoint is not None:
-            state = load_state(self.checkpoint, config, self.model, self.optimizer)
+            state = self._resume(self.checkpoint)
         if state is not None:
             self.history, self.epoch_seconds = state["history"], state["epoch_seconds"]
             self.start_epoch = state["epoch"]
         self.network = self._distributed(self.model)
         self.steps_per_epoch = math.ceil(len(self.data) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+
+    def _initialize(self) -> None:
+        """The network at its initial weights (from the seed) and a fresh optimizer."""
+        device = self.procs.device
+        self.model = build_model(self.config, self.data.classes).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
+
+    def _resume(self, checkpoint: Path) -> dict[str, Any] | None:
+        """The state of this run's checkpoint, loaded into the network and the optimizer; None
+        when there is none, or (``discard_foreign``) when the file is not this run's: it is
+        then deleted (by process 0) and the run starts afresh from the initial weights."""
+        source = self.data.source
+        try:
+            return load_state(checkpoint, self.config, source, self.model, self.optimizer)
+        except CheckpointError:
+            if not self.discard_foreign:
+                raise
+        self.procs.barrier()  # every process has read the file before it goes
+        if self.procs.main:
+            checkpoint.unlink(missing_ok=True)
+        self._initialize()  # a failed load may have changed some weights
+        return None
 
     def _distributed(self, model: nn.Module) -> nn.Module:
         """``model`` as DistributedDataParallel (with SyncBatchNorm on CUDA) when there are
@@ -229,6 +256,7 @@ class Recipe:
             save_state(
                 self.checkpoint,
                 self.config,
+                self.data.source,
                 epochs_done,
                 self.model,
                 self.optimizer,
@@ -280,6 +308,7 @@ def train(
     progress: bool | None = False,
     interrupt_after: int | None = None,
     checkpoint_every: float = 0.0,
+    discard_foreign: bool = False,
 ) -> TrainResult:
     """Train the Fig. 2 network; resume from ``checkpoint`` when it holds this configuration.
 
@@ -291,8 +320,11 @@ def train(
             test resuming).
         checkpoint_every: seconds between checkpoints (0: after every epoch; see
             :class:`Recipe`).
+        discard_foreign: delete a checkpoint that is not this run's and start afresh, instead
+            of raising CheckpointError (see :class:`Recipe`).
 
     Returns:
         A :class:`TrainResult`.
     """
-    return Recipe(config, checkpoint, progress, checkpoint_every).run(interrupt_after)
+    recipe = Recipe(config, checkpoint, progress, checkpoint_every, discard_foreign)
+    return recipe.run(interrupt_after)

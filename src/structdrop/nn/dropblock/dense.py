@@ -91,7 +91,8 @@ def drop_block_dense(
     """``input`` times a dense-drawn mask of ``shape = (B0, B1, *spatial)``: Bernoulli(gamma)
     on the ``(B0, B1, *candidates)`` grid, expanded to the units its windows cover; then
     ``z / mu`` (``scale="expected"``, with ``inverse = 1 / mu``) or ``z`` times its size over
-    its sum plus ``eps``. The draws are in the input's dtype (float32 for half types)."""
+    its sum plus ``eps``. The draws and the mask are in the input's dtype (float32 for half
+    types); the product is computed in the mask's dtype and rounded once into the output."""
     grid = (shape[0], shape[1], *geometry.candidates)
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     drops = torch.empty(grid, dtype=dtype, device=input.device)
@@ -104,5 +105,6 @@ def drop_block_dense(
     if scale == "expected":
         mask = keep.mul_(inverse)
     else:
-        mask = batch_scaled(keep, eps, dtype)
-    return torch.mul(input, mask.to(input.dtype), out=torch.empty_like(input))
+        mask = batch_scaled(keep, eps, input.dtype)
+    # a float32 mask times a half-precision input, rounded once (as on the sparse sampler)
+    return torch.mul(input, mask, out=torch.empty_like(input))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._masking import batch_scaled
+from .._masking import batch_scaled, work_dtype
 from .rates import Geometry
 
 __all__ = ["drop_block_sparse", "dropped_positions", "window_units"]
@@ -207,7 +207,8 @@ def drop_block_sparse(
         index = _dropped_units(shape, geometry, gamma, input.device, generator, strides)
         return _scale_and_fill(input, inverse, index, strides)
     init = inverse if scale == "expected" else None
-    mask = _block_mask(shape, geometry, gamma, init, input.dtype, input.device, generator)
+    dtype = work_dtype(input.dtype)  # a half-precision output is rounded once, in the product
+    mask = _block_mask(shape, geometry, gamma, init, dtype, input.device, generator)
     if scale == "batch":
         mask = batch_scaled(mask, eps, input.dtype)
     output = torch.empty_strided(input.shape, strides, dtype=input.dtype, device=input.device)
