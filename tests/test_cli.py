@@ -299,7 +299,8 @@ def test_deep_options_are_the_configuration_fields() -> None:
         assert option.help == setting.metadata["help"]
         flag = "--" + setting.name.replace("_", "-")
         assert flag in option.opts, (flag, option.opts)
-    run = {"quick", "out", "force", "download", "progress", "checkpoint_every"}
+    run = {"quick", "out", "force", "download", "progress", "checkpoint_every", "name", "sweep"}
+    run |= {"list_cells", "collect"}
     assert set(options) == {f.name for f in dataclasses.fields(DeepConfig)} | run
     assert options["amp"].secondary_opts == ["--no-amp"]
     for law in ("Bernoulli", "GridBlock", "SlidingBlock", "DropConnect", "grid", "bernoulli"):

@@ -10,25 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import structdrop as sd
+from processes import free_port, spawn
 from structdrop import CheckpointError
 from structdrop._checkpoint import load_checkpoint
 from structdrop.experiments import deep, report
 from structdrop.experiments.deep import DeepConfig, load_images
-
-
-def one_hot(counts: list[int]) -> np.ndarray:
-    """The a x N one-hot target matrix with ``counts[c]`` samples of class c."""
-    labels = np.repeat(np.arange(len(counts)), counts)
-    return np.eye(len(counts))[:, labels]
 
 
 def tiny(**overrides: object) -> DeepConfig:
@@ -42,150 +35,6 @@ def tiny(**overrides: object) -> DeepConfig:
     }
     settings.update(overrides)
     return DeepConfig(**settings)
-
-
-# --------------------------------------------------------------------------------------------
-# Theory, checked by hand
-# --------------------------------------------------------------------------------------------
-
-
-def test_one_hot_singular_values_are_root_class_counts() -> None:
-    theory = deep.theoretical_minimum(one_hot([9, 4, 1]), sd.Bernoulli(0.5), width=4)
-    np.testing.assert_allclose(theory.target_singular_values, [3.0, 2.0, 1.0], atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("width", "beta", "expected", "value"),
-    [
-        # beta = (1-theta)/(theta d) = 1/4: tau = beta sum(x) = 6 beta / (1 + 3 beta) = 6/7.
-        (4, 0.25, [15 / 7, 8 / 7, 1 / 7], 36 / 7),
-        # beta = 1: tau = 6/4 > m_3 zeroes x_3; on two, tau = 5 - 2 tau = 5/3.
-        (1, 1.0, [4 / 3, 1 / 3, 0.0], 28 / 3),
-    ],
-)
-def test_dropout_prediction_is_a_soft_threshold(
-    width: int, beta: float, expected: list[float], value: float
-) -> None:
-    """Prop. 3.3 (with its 1/d): ``x_i = (m_i - tau)_+``, ``tau = beta sum_i x_i``; the value
-    is ``sum (m_i - x_i)^2 + beta (sum x_i)^2``."""
-    theory = deep.theoretical_minimum(one_hot([9, 4, 1]), sd.Bernoulli(0.5), width=width)
-    assert theory.beta == pytest.approx(beta)
-    assert theory.block_size == 1
-    np.testing.assert_allclose(theory.singular_values, expected, atol=1e-12)
-    assert theory.value == pytest.approx(value, rel=1e-12)
-
-
-def test_balanced_classes_shrink_uniformly_under_grid_dropblock() -> None:
-    """Ten classes of four: all m_i = 2. With r = 5 < 10 the k-support norm of a flat vector
-    is ``(sum x)^2 / r``, so ``x = m / (1 + beta a / r)`` with beta = (5/80)(0.5/0.5)."""
-    Y = one_hot([4] * 10)
-    theory = deep.theoretical_minimum(Y, sd.GridBlock(0.5, 5), width=80)
-    beta = 5 / 80
-    x = 2.0 / (1.0 + beta * 10 / 5)
-    np.testing.assert_allclose(theory.singular_values, [x] * 10, rtol=1e-12)
-    assert theory.value == pytest.approx(10 * (2 - x) ** 2 + beta * (10 * x) ** 2 / 5)
-
-
-@pytest.mark.parametrize("scheme", [sd.Bernoulli(0.3), sd.GridBlock(0.5, 5), sd.DropConnect(0.2)])
-def test_theory_matches_the_global_minimum_with_identity_inputs(scheme: sd.Scheme) -> None:
-    """Sufficient capacity is the linear problem with X = I (every G reachable)."""
-    Y = one_hot([7, 5, 5, 3, 1])
-    theory = deep.theoretical_minimum(Y, scheme, width=20)
-    reference = sd.global_minimum(np.eye(Y.shape[1]), Y, scheme.on_units(), 20)
-    assert theory.value == pytest.approx(reference.value, rel=1e-12)
-    np.testing.assert_allclose(theory.singular_values, reference.singular_values, atol=1e-12)
-    assert theory.beta == reference.beta
-
-
-@pytest.mark.parametrize(
-    ("counts", "scheme", "width", "value", "singular_values"),
-    [
-        (  # the --quick run's class counts
-            [3, 1, 8, 6, 4, 8, 6, 5, 5, 4],
-            sd.GridBlock(0.5, 5),
-            80,
-            5.2610943561906165,
-            [
-                2.5866491192169994,
-                2.5866491192169994,
-                2.207711737253987,
-                2.207711737253987,
-                1.9942899719705987,
-                1.9942899719705987,
-                1.7582219944708088,
-                1.7582219944708088,
-                1.490272802039686,
-                0.758221994470809,
-            ],
-        ),
-        (
-            [7, 5, 5, 3, 1],
-            sd.Bernoulli(0.3),
-            20,
-            1.8778312268594697,
-            [
-                2.455107348349112,
-                2.0454240147843112,
-                2.0454240147843112,
-                1.5414068448533988,
-                0.8093560372845217,
-            ],
-        ),
-        (
-            [7, 5, 5, 3, 1],
-            sd.DropConnect(0.2),
-            20,
-            1.1414268241694807,
-            [
-                2.5298696866689077,
-                2.1201863531041067,
-                2.1201863531041067,
-                1.6161691831731944,
-                0.8841183756043172,
-            ],
-        ),
-        (
-            [9, 7, 4, 4, 2, 1],
-            sd.GridBlock(0.4, 4),
-            8,
-            8.114213562373095,
-            [
-                2.2499999999999996,
-                1.9843134832984428,
-                1.3585786437626903,
-                1.3585786437626903,
-                0.7727922061357856,
-                0.35857864376269044,
-            ],
-        ),
-    ],
-)
-def test_theory_keeps_its_recorded_numbers(
-    counts: list[int], scheme: sd.Scheme, width: int, value: float, singular_values: list[float]
-) -> None:
-    """Values of the theoretical minimum as Fig. 2's data has always recorded them."""
-    theory = deep.theoretical_minimum(one_hot(counts), scheme, width)
-    assert theory.value == pytest.approx(value, rel=1e-12)
-    np.testing.assert_allclose(theory.singular_values, singular_values, rtol=1e-12)
-    np.testing.assert_allclose(theory.target_singular_values, np.sqrt(sorted(counts)[::-1]))
-
-
-@pytest.mark.parametrize(
-    ("scheme", "law"),
-    [
-        (sd.Bernoulli(0.3), sd.Bernoulli(0.3)),
-        (sd.GridBlock(0.5, 5), sd.GridBlock(0.5, 5)),
-        (sd.DropConnect(0.2), sd.Bernoulli(0.2)),  # masks on U regularize as Dropout
-        (sd.SlidingBlock(0.2, 3), None),
-        (sd.Discrete(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0.5, 0.5])), None),
-    ],
-)
-def test_the_law_says_whether_it_has_a_closed_form(
-    scheme: sd.Scheme, law: sd.Scheme | None
-) -> None:
-    assert deep.closed_form_law(scheme) == law
-    if law is None:
-        assert deep.theoretical_minimum(one_hot([2, 2]), scheme, 6) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,13 +58,16 @@ def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
     Y = data.targets()
     fit = float(((Y - U @ G) ** 2).sum())
     omega = float(sd.penalty(U, G, scheme))
-    assert result["fit"] == pytest.approx(fit, rel=1e-9)
-    assert result["penalty"] == pytest.approx(omega, rel=1e-9)
+    assert result.fit == pytest.approx(fit, rel=1e-9)
+    assert result.regularizer == pytest.approx(omega, rel=1e-9)
     expected = torch.linalg.svdvals(U @ G)
-    np.testing.assert_allclose(result["singular_values"], expected.numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(result.singular_values, expected.numpy(), rtol=1e-6, atol=1e-9)
+    if scheme_name == "SlidingBlock":  # no blocks of Thm 2.5
+        assert result.block_norms is None
+        return
     r = scheme.block_size
     norms = [float(torch.linalg.norm(U[:, i : i + r] @ G[i : i + r])) for i in range(0, 80, r)]
-    np.testing.assert_allclose(result["block_norms"], norms, rtol=1e-9)
+    np.testing.assert_allclose(result.block_norms, norms, rtol=1e-9)
 
 
 def test_masked_loss_averages_to_the_deterministic_objective() -> None:
@@ -236,7 +88,7 @@ def test_masked_loss_averages_to_the_deterministic_objective() -> None:
             scale = model.dropout(torch.ones(len(data), 80, dtype=torch.float64), generator)
             losses.append(float(((Y - (G * scale) @ U.T) ** 2).sum()))
     mean, error = np.mean(losses), np.std(losses) / math.sqrt(len(losses))
-    assert abs(mean - objective["objective"]) < 5 * error
+    assert abs(mean - objective.objective) < 5 * error
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,17 +184,9 @@ def _ddp_worker(rank: int, world: int, port: int, config: DeepConfig, folder: st
         assert procs.world == world and procs.rank == rank
         during = _group_threads()
         result = deep.train(config)
-    state = {"model": result.model.state_dict(), "final": result.final}
+    state = {"model": result.model.state_dict(), "objective": result.report.objective}
     threads = {"during": len(during), "after": len(_group_threads())}
     torch.save({**state, "threads": threads}, f"{folder}/rank{rank}.pt")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
@@ -352,25 +196,14 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     the interpreter's shutdown, where they could abort the process)."""
     config = tiny(batch_size=25, epochs=2)
     single = deep.train(config)
-    context = mp.spawn(
-        _ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=False
-    )
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two processes did not finish within 300 s")
+    spawn(_ddp_worker, (2, free_port(), config, str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     for ddp in ranks:
         assert ddp["threads"]["during"] >= 1  # gloo's loop at least
         assert ddp["threads"]["after"] == 0, "the process group's threads outlived it"
         for name, tensor in single.model.state_dict().items():
             torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-5)
-        assert ddp["final"]["objective"] == pytest.approx(single.final["objective"], rel=1e-5)
-        np.testing.assert_allclose(
-            ddp["final"]["block_norms"], single.final["block_norms"], rtol=1e-5
-        )
+        assert ddp["objective"] == pytest.approx(single.report.objective, rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

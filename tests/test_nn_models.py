@@ -12,10 +12,7 @@ exported outputs equal to eager ones under the same seed, and recompile counts u
 from __future__ import annotations
 
 import copy
-import datetime
 import importlib
-import socket
-import time
 
 import pytest
 import torch
@@ -23,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from processes import free_port, join_gloo_group, spawn
 from structdrop import nn as sdnn
 
 torchvision = pytest.importorskip("torchvision")
@@ -390,29 +388,12 @@ def test_channels_last_training_step_keeps_the_memory_format(name):
 # DistributedDataParallel
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank: int, port: int, folder: str) -> None:
     """One compiled DDP training step on rank ``rank`` of two; writes what the test checks."""
-    import torch._dynamo
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    # Dynamo is imported before the group: imported while a group exists (DDP imports it), it
-    # keeps references that outlive destroy_process_group, with gloo's threads running on into
-    # the interpreter's shutdown, where they may abort the process
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    join_gloo_group(rank, 2, port)
     model = _converted("torchvision-resnet18")  # seeded: the same weights on both ranks
     initial = torch.cat([p.detach().flatten() for p in model.parameters()])
     ddp = DistributedDataParallel(model)
@@ -438,16 +419,7 @@ def _ddp_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_compiled_ddp_step_with_gloo_keeps_the_ranks_in_sync(tmp_path):
-    context = torch.multiprocessing.spawn(
-        _ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False
-    )
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            pytest.fail("the two DDP processes did not finish within 300 s")
+    spawn(_ddp_worker, (free_port(), str(tmp_path)))
     results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     for result in results:
         assert result["gathered_equal"] and not result["initialized_after_destroy"]

@@ -3,8 +3,10 @@
 Pal, Lane, Vidal, Haeffele. On the Regularization Properties of Structured Dropout. CVPR 2020.
 
 ``import structdrop`` loads NumPy and SciPy only. The rooms that need more are submodules loaded
-on first use, as attributes or by import: :mod:`structdrop.nn` (torch), :mod:`structdrop.linear`
-(numba, when a run starts) and :mod:`structdrop.experiments` (matplotlib).
+on first use, as attributes or by import: :mod:`structdrop.nn` and :mod:`structdrop.head`
+(torch), :mod:`structdrop.linear` (numba, when a run starts) and :mod:`structdrop.experiments`
+(matplotlib). ``structdrop.HeadStats``, ``head_report`` and ``HeadMonitor`` load with
+:mod:`structdrop.head`.
 """
 
 import importlib
@@ -41,12 +43,16 @@ __all__ = [
     "GlobalMinimum",
     "Gram",
     "GridBlock",
+    "HeadMonitor",
+    "HeadReport",
+    "HeadStats",
     "MonteCarloEstimate",
     "Scheme",
     "SlidingBlock",
     "block_norms",
     "expected_loss",
     "global_minimum",
+    "head_report",
     "keep_prob_for_width",
     "ksupport_norm",
     "linear_penalty",
@@ -61,9 +67,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Submodules loaded on first access as ``structdrop.<name>`` (PEP 562).
-_SUBMODULES = ("experiments", "linear", "nn")
-#: Public names loaded with their module on first access: checkpoints need zipfile and json.
-_LAZY_NAMES = {"CheckpointError": "_checkpoint"}
+_SUBMODULES = ("experiments", "head", "linear", "nn")
+#: Public names loaded with their module on first access: checkpoints need zipfile and json,
+#: the head's statistics torch.
+_LAZY_NAMES = {
+    "CheckpointError": "_checkpoint",
+    "HeadMonitor": "head",
+    "HeadReport": "head",
+    "HeadStats": "head",
+    "head_report": "head",
+}
 
 
 def __getattr__(name: str) -> Any:

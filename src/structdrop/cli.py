@@ -310,10 +310,16 @@ def _run_option(*names: str, help: str, **settings: Any) -> Any:
 @reproduce.command(
     "deep",
     help="Sec. 5.2 / Fig. 2: ResNet-50 with structured dropout before the last layer.\n\n"
-    "Writes <out>/fig2.png, <out>/fig2.json (fig2_<dataset>.* for the other data sets) and the "
-    "Fig. 2 section of <out>/REPORT.md. A checkpoint is saved at the end of an epoch once a "
-    "minute (--checkpoint-every); a killed run resumes from it. On several processes or GPUs: "
-    "torchrun --nproc-per-node N -m structdrop reproduce deep ... (the same options).",
+    "Writes <out>/fig2.png, <out>/fig2.json (fig2_<dataset>.* for the other data sets, "
+    "<name>.* with --name) and the Fig. 2 section of <out>/REPORT.md. A checkpoint is saved at "
+    "the end of an epoch once a minute (--checkpoint-every); a killed run resumes from it. On "
+    "several processes or GPUs: torchrun --nproc-per-node N -m structdrop reproduce deep ... "
+    "(the same options).\n\n"
+    "--sweep runs Fig. 2 over laws (Dropout, GridBlock r = 2 and 5) x drop rates (0.1, 0.3, "
+    "0.5, 0.7) x the data sets at hand (digits, the MNIST subset, Fashion-MNIST), each cell an "
+    "ordinary run named sweep-<dataset>-<law>-p<p> (resumable; --list prints each cell's "
+    "command, to run them as separate jobs into one --out; --collect gathers what is done), "
+    "and writes <out>/sweep.png, <out>/sweep.json and a verdict in REPORT.md.",
 )
 @config_options(DeepConfig, default_text)
 def deep_command(
@@ -361,18 +367,50 @@ def deep_command(
             "(0: every epoch).",
         ),
     ] = CHECKPOINT_EVERY,
+    name: Annotated[
+        str | None,
+        _run_option(
+            "--name",
+            help="Name of the results: <out>/<name>.json, .png (default fig2, or fig2_<dataset>).",
+            show_default=False,
+        ),
+    ] = None,
+    sweep: Annotated[
+        bool,
+        _run_option("--sweep", help="Run the sweep of laws x rates x data sets (see above)."),
+    ] = False,
+    list_cells: Annotated[
+        bool,
+        _run_option("--list", help="With --sweep: print each cell's command line, run nothing."),
+    ] = False,
+    collect: Annotated[
+        bool,
+        _run_option("--collect", help="With --sweep: gather the cells done in --out, run nothing."),
+    ] = False,
     **options: Any,
 ) -> None:
+    if sweep:
+        _interruptible(
+            lambda: _sweep(
+                quick, out, force, progress, checkpoint_every, name, list_cells, collect, options
+            ),
+            out,
+            lambda: sorted((out / "checkpoints").glob("sweep-*.pt")) if _exists(out) else [],
+        )
+        return
+    if list_cells or collect:
+        fail("--list and --collect go with --sweep")
+
     def checkpoints() -> list[Path]:
         from .experiments.deep.config import checkpoint_path, config_from_options
 
         try:
-            return [checkpoint_path(config_from_options(quick=quick, **options), out)]
+            return [checkpoint_path(config_from_options(quick=quick, **options), out, name)]
         except (ValueError, TypeError):
             return []
 
     _interruptible(
-        lambda: _deep(quick, out, force, download, progress, checkpoint_every, options),
+        lambda: _deep(quick, out, force, download, progress, checkpoint_every, name, options),
         out,
         checkpoints,
     )
@@ -385,6 +423,7 @@ def _deep(
     download: bool,
     progress: bool | None,
     checkpoint_every: float,
+    name: str | None,
     options: dict[str, Any],
 ) -> None:
     from . import _validation as check
@@ -394,6 +433,8 @@ def _deep(
     existed = _exists(out)
     try:
         config = deep.config_from_options(quick=quick, **options)
+        if name is not None:
+            deep.check_name(name)
         check.check_nonnegative(checkpoint_every, "--checkpoint-every")
         _io.check_out_dir(out)
         report.check_report(out, force)
@@ -409,6 +450,7 @@ def _deep(
                 progress=progress,
                 download=download,
                 checkpoint_every=checkpoint_every,
+                name=name,
             )
         if procs.main:
             path = report.write_report(out, force)
@@ -427,6 +469,80 @@ def _deep(
         f"{data['figure'].removesuffix('.png')} ({config.dataset}): gap to the theoretical "
         f"minimum {gap if gap is None else f'{gap:.3g}'}"
     )
+    typer.echo(f"report: {path}")
+
+
+def _sweep(
+    quick: bool,
+    out: Path,
+    force: bool,
+    progress: bool | None,
+    checkpoint_every: float,
+    name: str | None,
+    list_cells: bool,
+    collect: bool,
+    options: dict[str, Any],
+) -> None:
+    """``reproduce deep --sweep``: every cell an ordinary run into ``out`` (see the help)."""
+    from . import _validation as check
+    from .experiments import _io, deep, report
+    from .linear import DivergenceError
+
+    existed = _exists(out)
+    try:
+        if name is not None:
+            raise ValueError("--name names one run: the sweep names its cells itself")
+        if list_cells and collect:
+            raise ValueError("--list and --collect exclude each other")
+        deep.check_sweep_base(options)
+        base = deep.config_from_options(quick=quick, **options)
+        check.check_nonnegative(checkpoint_every, "--checkpoint-every")
+        if list_cells:
+            for command in deep.cell_commands(deep.sweep_cells(base), out):
+                typer.echo(command)
+            return
+        _io.check_out_dir(out)
+        report.check_report(out, force)
+    except (ValueError, TypeError) as error:
+        _remove_if_empty(out, existed)
+        fail(str(error))
+
+    def announce(cell: Any, data: dict[str, Any]) -> None:
+        gap, best = data.get("gap"), (data.get("best_head") or {}).get("gap")
+        typer.echo(
+            f"{cell.name}: gap to the capacity bound "
+            f"{'-' if gap is None else f'{gap:.2%}'}, to the best head "
+            f"{'-' if best is None else f'{best:.2%}'}"
+        )
+
+    try:
+        with deep.process_group(base) as procs:
+            if collect:
+                summary = deep.collect_sweep(base, out) if procs.main else {}
+            else:
+                summary = deep.run_deep_sweep(
+                    base,
+                    out,
+                    force=force,
+                    progress=progress,
+                    checkpoint_every=checkpoint_every,
+                    report=announce if procs.main else None,
+                )
+        if procs.main:
+            path = report.write_report(out, force)
+    except KeyboardInterrupt:
+        raise
+    except (deep.MissingDataError, *_user_errors(DivergenceError)) as error:
+        _remove_if_empty(out, existed)
+        fail(_user_error(error))
+    except OSError as error:
+        _remove_if_empty(out, existed)
+        fail(_environment_error(error, out))
+    if not procs.main:
+        return
+    done = sum(cell["done"] for cell in summary["cells"])
+    typer.echo(f"sweep: {done} of {len(summary['cells'])} cells done; {out / 'sweep.png'}")
+    typer.echo(f"verdict: {report.sweep_verdict(summary['cells'])}")
     typer.echo(f"report: {path}")
 
 

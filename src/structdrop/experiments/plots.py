@@ -20,7 +20,7 @@ from .claims import law
 from .figures import FIGURES
 from .sliding import VARIANTS
 
-__all__ = ["render"]
+__all__ = ["render", "render_sweep"]
 
 #: The deep experiment's figure (Sec. 5.2), drawn by :func:`fig2`; not a synthetic figure.
 FIG2 = "fig2"
@@ -263,6 +263,12 @@ def fig2(data: dict[str, Any]) -> Figure:
     )
     if theory is not None:
         left.axhline(theory["value"], color="k", ls="--", lw=1, label="theoretical minimum")
+    best = data.get("best_head")
+    if best is not None:
+        left.plot(
+            history["eval_step"][-1:], [best["objective"]], "v", color="tab:red",
+            label="best head for the final features",
+        )  # fmt: skip
     left.set_xlabel("iteration")
     left.set_ylabel("objective")
     left.legend(fontsize=8)
@@ -291,6 +297,53 @@ def fig2(data: dict[str, Any]) -> Figure:
     right.legend(fontsize=8)
     right.set_title("singular values of the predictions", fontsize=9)
     return figure
+
+
+#: Colours of the sweep's laws.
+LAW_COLORS = {"dropout": "tab:blue", "grid2": "tab:orange", "grid5": "tab:green"}
+
+
+def sweep(data: dict[str, Any]) -> Figure:
+    """Fig. 2's sweep: per data set, the gap of the trained network to the capacity bound
+    (solid) and to the best head for its features (dashed) against the drop rate, per law."""
+    done = [row for row in data["cells"] if row["done"]]
+    datasets = list(dict.fromkeys(row["dataset"] for row in data["cells"]))
+    figure = Figure(figsize=(4.2 * max(len(datasets), 1), 3.8), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, max(len(datasets), 1), sharey=True))
+    for axis, dataset in zip(axes, datasets, strict=False):
+        for label in data["laws"]:
+            rows = sorted(
+                (r for r in done if r["dataset"] == dataset and r["law"] == label),
+                key=lambda r: r["p"],
+            )
+            if not rows:
+                continue
+            p = [r["p"] for r in rows]
+            color = LAW_COLORS.get(label)
+            axis.semilogy(
+                p, _positive([r["capacity_gap"] for r in rows]), "o-", color=color,
+                label=f"{label}: to the capacity bound",
+            )  # fmt: skip
+            axis.semilogy(
+                p, _positive([r["best_head_gap"] for r in rows]), "x--", color=color,
+                label=f"{label}: to the best head",
+            )  # fmt: skip
+        for threshold in (0.05, 0.25):
+            axis.axhline(threshold, color="0.6", lw=0.8, ls=":")
+        names = {r["dataset_name"] for r in done if r["dataset"] == dataset}
+        axis.set_title(", ".join(sorted(names)) or dataset, fontsize=9)
+        axis.set_xlabel("drop rate p")
+        axis.set_xticks(data["rates"])
+    axes[0].set_ylabel("relative gap of the trained objective")
+    axes[0].legend(fontsize=7)
+    return figure
+
+
+def render_sweep(data: dict[str, Any], dpi: int = 100) -> bytes:
+    """The PNG bytes of the sweep's figure (:func:`sweep`)."""
+    buffer = io.BytesIO()
+    sweep(data).savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def render(name: str, data: dict[str, Any], dpi: int = 100) -> bytes:

@@ -16,7 +16,14 @@ from ..schemes import Scheme
 from . import _io
 from .figures import FIGURES, Claim, read_current
 
-__all__ = ["REPORT_HEADING", "build_report", "check_report", "deep_section", "write_report"]
+__all__ = [
+    "REPORT_HEADING",
+    "build_report",
+    "check_report",
+    "deep_section",
+    "sweep_verdict",
+    "write_report",
+]
 
 Figures = dict[str, dict[str, Any]]
 NOT_RUN = "not run"
@@ -83,6 +90,7 @@ def build_report(out: str | Path) -> str:
     for name in FIGURES:
         lines += _figure_section(name, figures)
     lines += _deep_sections(deep)
+    lines += _sweep_section(out)
     return "\n".join(lines)
 
 
@@ -219,6 +227,13 @@ def deep_section(data: dict[str, Any]) -> str:
         f"| final deterministic objective | {final['objective']:.6g} |",
         f"| of which fit / penalty | {final['fit']:.6g} / {final['penalty']:.6g} |",
     ]
+    best = data.get("best_head")
+    if best is not None:
+        gap = "-" if best["gap"] is None else f"{best['gap']:.2%}"
+        lines.append(
+            "| best head for the trained features (least objective over U; "
+            f"the trained U is {gap} above it) | {best['objective']:.6g} |"
+        )
     if theory is not None:
         predicted = ", ".join(f"{v:.3f}" for v in theory["singular_values"])
         trained = ", ".join(f"{v:.3f}" for v in final["singular_values"])
@@ -269,6 +284,100 @@ def check_report(out: str | Path, force: bool = False) -> None:
             f"{path} is not a structdrop report; move it away, choose another --out, or "
             "overwrite it with --force"
         )
+
+
+def _sweep_data(out: Path) -> dict[str, Any] | None:
+    """The sweep's data in ``out`` (``sweep.json``), or None."""
+    try:
+        data = _io.read_json(out / "sweep.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("experiment") != "fig2-sweep":
+        return None
+    return data
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def sweep_verdict(cells: list[dict[str, Any]]) -> str:
+    """Where the trained network reaches the theory, and where it does not: the cells within
+    :data:`HOLDS_GAP` of the capacity bound, within :data:`CLOSE_GAP`, and beyond, with the
+    largest gap to the best head for the trained features (a small one says that the head is
+    optimal for its features, so that a gap to the bound lies in the features)."""
+    done = [cell for cell in cells if cell["done"] and cell["capacity_gap"] is not None]
+    if not done:
+        return "no cell of the sweep is done yet."
+
+    def where(group: list[dict[str, Any]]) -> str:
+        """The cells by data set and law: ``digits: grid5 at p = 0.5, 0.7; ...``."""
+        parts = []
+        for dataset in dict.fromkeys(c["dataset"] for c in group):
+            laws = []
+            for label in dict.fromkeys(c["law"] for c in group if c["dataset"] == dataset):
+                rates = [c["p"] for c in group if c["dataset"] == dataset and c["law"] == label]
+                laws.append(f"{label} at p = {', '.join(f'{p:g}' for p in rates)}")
+            parts.append(f"{dataset}: {', '.join(laws)}")
+        return "; ".join(parts)
+
+    reach = [c for c in done if c["capacity_gap"] <= HOLDS_GAP]
+    close = [c for c in done if HOLDS_GAP < c["capacity_gap"] <= CLOSE_GAP]
+    far = [c for c in done if c["capacity_gap"] > CLOSE_GAP]
+    parts = [
+        f"the trained network reaches the capacity bound (gap <= {HOLDS_GAP:.0%}) in "
+        f"{len(reach)} of {len(done)} cells"
+    ]
+    if close:
+        parts.append(f"comes within {CLOSE_GAP:.0%} in {len(close)} ({where(close)})")
+    if far:
+        parts.append(f"stays further in {len(far)} ({where(far)})")
+    if reach and (close or far):
+        parts.append(f"it reaches it in {where(reach)}")
+    best = [c["best_head_gap"] for c in done if c.get("best_head_gap") is not None]
+    text = "; ".join(parts) + "."
+    if best:
+        text += (
+            f" Its head is within {max(best):.2%} of the best head for its own features in "
+            "every cell: where the bound is not reached, what is missing is in the features "
+            "(the trunk), not in the last layer."
+            if max(best) <= HOLDS_GAP
+            else f" The gap to the best head for the trained features reaches {max(best):.1%}: "
+            "there the last layer itself is not at its optimum."
+        )
+    missing = [c for c in cells if not c["done"]]
+    if missing:
+        text += f" {len(missing)} cells are not done yet."
+    return text
+
+
+def _sweep_section(out: Path) -> list[str]:
+    """The sweep's section (``structdrop reproduce deep --sweep``): table, figure, verdict."""
+    data = _sweep_data(out)
+    if data is None:
+        return []
+    lines = [
+        "## Fig. 2 beyond the paper: every law with a bound, every rate",
+        "",
+        "![Fig. 2 sweep](sweep.png)",
+        "",
+        "Each cell is a Fig. 2 run (`structdrop reproduce deep --sweep`; its data in "
+        "`<cell>.json`): the gap of the trained network's deterministic objective to the "
+        "capacity bound (Prop. 3.3 / Thm 2.7, over heads and features at width d) and to the "
+        "best head for its trained features.",
+        "",
+        "| data set | law | p | gap to the capacity bound | gap to the best head |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in data["cells"]:
+        if not cell["done"]:
+            lines.append(f"| {cell['dataset']} | {cell['law']} | {cell['p']} | not run | |")
+            continue
+        lines.append(
+            f"| {cell['dataset_name']} | {cell['law']} | {cell['p']} | "
+            f"{_percent(cell['capacity_gap'])} | {_percent(cell['best_head_gap'])} |"
+        )
+    return [*lines, "", f"Verdict: {sweep_verdict(data['cells'])}", ""]
 
 
 def write_report(out: str | Path, force: bool = False) -> Path:

@@ -24,12 +24,13 @@ The rooms, in the order of a run:
 * :mod:`.config`: :class:`DeepConfig` (every field with its help text) and the mask law;
 * :mod:`.data`: the image data sets, and their download through torchvision;
 * :mod:`.model`: the network, which knows nothing of training;
-* :mod:`.theory`: the theoretical minimum;
 * :mod:`.parallel`: processes, devices and random streams;
-* :mod:`.evaluation`: the deterministic objective;
+* :mod:`.evaluation`: the deterministic objective, the best head and the capacity bound,
+  measured with :class:`structdrop.HeadMonitor` and :func:`structdrop.head_report`;
 * :mod:`.checkpoint`: the verified checkpoint of a run;
 * :mod:`.training`: the recipe, as setup, epoch and save steps;
-* :mod:`.experiment`: the run, its figure, results and timings.
+* :mod:`.experiment`: the run, its figure, results and timings;
+* :mod:`.sweep`: the grid of runs over laws, rates and data sets, and what it shows.
 
 Run it with ``structdrop reproduce deep`` (``python -m structdrop reproduce deep``) or, on
 several processes or GPUs, ``torchrun --nproc-per-node 2 -m structdrop reproduce deep``. A
@@ -58,9 +59,6 @@ _ROOMS: dict[str, str] = {
     "load_images": "data",
     "Fig2Net": "model",
     "build_model": "model",
-    "Theory": "theory",
-    "closed_form_law": "theory",
-    "theoretical_minimum": "theory",
     "Processes": "parallel",
     "process_group": "parallel",
     "processes": "parallel",
@@ -72,16 +70,32 @@ _ROOMS: dict[str, str] = {
     "TrainResult": "training",
     "train": "training",
     "run_deep": "experiment",
+    "check_name": "config",
+    "Cell": "sweep",
+    "cell_commands": "sweep",
+    "sweep_cells": "sweep",
+    "collect_sweep": "sweep",
+    "run_deep_sweep": "sweep",
+    "check_sweep_base": "sweep",
 }
 
 __all__ = sorted(_ROOMS)
+
+
+#: Names that a room defines under another name.
+_ALIASES: dict[str, str] = {
+    "sweep_cells": "cells",
+    "collect_sweep": "collect",
+    "run_deep_sweep": "run_sweep",
+    "check_sweep_base": "check_base",
+}
 
 
 def __getattr__(name: str) -> Any:
     room = _ROOMS.get(name)
     if room is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{room}", __name__), name)
+    value = getattr(importlib.import_module(f".{room}", __name__), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 

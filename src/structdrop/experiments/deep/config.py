@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -264,9 +265,33 @@ def results_name(config: DeepConfig) -> str:
     return "fig2" if config.dataset == "digits" else f"fig2_{config.dataset}"
 
 
-def checkpoint_path(config: DeepConfig, out: str | os.PathLike[str]) -> Path:
-    """Where a run of ``config`` into ``out`` keeps its checkpoint while it runs."""
-    return Path(out) / "checkpoints" / f"{results_name(config)}.pt"
+#: Names that a run's results may not take: the files that every run in ``--out`` shares.
+RESERVED_NAMES: tuple[str, ...] = ("REPORT", "timings", "sweep")
+
+
+def check_name(name: str) -> str:
+    """A result name of the command line's ``--name``: letters, digits, ``.``, ``_`` and
+    ``-``, starting with a letter or digit, at most 100 characters, none of
+    :data:`RESERVED_NAMES` (a ValueError names the value otherwise)."""
+    if (
+        not isinstance(name, str)
+        or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) is None
+        or name in RESERVED_NAMES
+    ):
+        raise ValueError(
+            "--name must be a file name of letters, digits, '.', '_' and '-' (starting with a "
+            f"letter or a digit, at most 100 characters, none of {', '.join(RESERVED_NAMES)}), "
+            f"got {name!r}"
+        )
+    return name
+
+
+def checkpoint_path(
+    config: DeepConfig, out: str | os.PathLike[str], name: str | None = None
+) -> Path:
+    """Where a run of ``config`` into ``out`` (result ``name``, by default
+    :func:`results_name`) keeps its checkpoint while it runs."""
+    return Path(out) / "checkpoints" / f"{name or results_name(config)}.pt"
 
 
 def make_scheme(config: DeepConfig) -> Scheme:

@@ -7,7 +7,6 @@ took, and where, goes to ``<out>/timings.json``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import platform
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from .. import _io, plots
 from .config import (
     CHECKPOINT_EVERY,
     DeepConfig,
+    check_name,
     checkpoint_path,
     data_source,
     make_scheme,
@@ -27,7 +27,6 @@ from .config import (
 )
 from .data import download as download_dataset
 from .parallel import Processes, owning, processes
-from .theory import theoretical_minimum
 from .training import TrainResult, train
 
 __all__ = ["checkpoint_path", "results", "results_name", "run_deep", "timing"]
@@ -40,16 +39,37 @@ def _relative_error(trained: list[float], predicted: list[float]) -> float:
     return float(np.max(np.abs(s[:k] - x[:k])) / max(float(x[0]), 1e-300))
 
 
-def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
-    """The figure's data: results only, the same bytes for the same seed (no timings)."""
+def results(config: DeepConfig, result: TrainResult, name: str | None = None) -> dict[str, Any]:
+    """The figure's data: results only, the same bytes for the same seed (no timings).
+
+    From the report of the trained head (:func:`structdrop.head_report`): ``final`` (the
+    objective, its two terms, the trained spectrum and block norms), ``theory`` (the capacity
+    bound of Prop. 3.3 / Thm 2.7 and its predicted spectrum; None for laws without a closed
+    form), ``gap`` and ``excess`` to it, and ``best_head`` (the least objective over heads for
+    the trained features, and the gap to it).
+    """
     scheme = make_scheme(config)
-    data = result.data
-    theory = theoretical_minimum(data.targets().numpy(), scheme, config.width)
-    final = result.final
-    norms = np.asarray(final["block_norms"])
+    data, report = result.data, result.report
+    final: dict[str, Any] = {
+        "objective": report.objective,
+        "fit": report.fit,
+        "penalty": report.regularizer,
+        "singular_values": list(report.singular_values),
+        "block_norms": None if report.block_norms is None else list(report.block_norms),
+    }
+    theory: dict[str, Any] | None = None
+    if report.capacity_bound is not None:
+        assert report.predicted_singular_values is not None  # with the bound
+        theory = {
+            "value": report.capacity_bound,
+            "singular_values": list(report.predicted_singular_values),
+            "target_singular_values": list(report.target_singular_values),
+            "beta": report.beta,
+            "block_size": report.block_size,
+        }
     output: dict[str, Any] = {
         "experiment": "fig2",
-        "figure": f"{results_name(config)}.png",
+        "figure": f"{name or results_name(config)}.png",
         "config": config.identity(),
         "data_source": data.source,  # of what the run read, when it read it
         "dataset": {
@@ -62,19 +82,24 @@ def results(config: DeepConfig, result: TrainResult) -> dict[str, Any]:
         "scheme": scheme.to_dict(),
         "history": result.history,
         "final": final,
-        "theory": dataclasses.asdict(theory) if theory is not None else None,
+        "theory": theory,
         "gap": None,
         "singular_value_error": None,
-        "balance": float(norms.std() / norms.mean()) if norms.mean() > 0 else None,
+        "balance": report.balance,
+        "best_head": {
+            "objective": report.best_objective,
+            "excess": report.excess_over_best_head,
+            "gap": report.gap_to_best_head,
+        },
     }
     if theory is not None:
         # relative to the minimum; a minimum of 0 (p = 0: nothing to regularize) has no
         # relative gap, only the excess itself
-        excess = final["objective"] - theory.value
-        output["excess"] = excess
-        output["gap"] = excess / theory.value if theory.value > 0 else None
+        output["excess"] = report.excess_over_capacity_bound
+        output["gap"] = report.capacity_gap
+        assert report.predicted_singular_values is not None  # with the bound
         output["singular_value_error"] = _relative_error(
-            final["singular_values"], theory.singular_values
+            list(report.singular_values), list(report.predicted_singular_values)
         )
     return output
 
@@ -107,10 +132,12 @@ def run_deep(
     progress: bool | None = True,
     download: bool = False,
     checkpoint_every: float = CHECKPOINT_EVERY,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Run the Fig. 2 experiment and write ``<out>/fig2.png`` and ``<out>/fig2.json``.
 
-    Other data sets than ``digits`` write ``fig2_<dataset>.*``. The run owns its result name
+    Other data sets than ``digits`` write ``fig2_<dataset>.*``; ``name`` names the results
+    otherwise (``<out>/<name>.json``: the cells of a sweep). The run owns its result name
     in ``out`` while it runs: a second run of the same name there refuses at once
     (:class:`structdrop._locks.ResultBusyError`), whatever its settings. A finished run with the
     same configuration and data (:func:`.config.data_source`) is reused unless ``force`` (and
@@ -129,12 +156,13 @@ def run_deep(
         download: first fetch the data set into ``config.data_dir`` through torchvision
             (process 0; see :func:`~structdrop.experiments.deep.data.download`).
         checkpoint_every: seconds of training between checkpoints (0: every epoch).
+        name: the results' name (default :func:`.config.results_name`).
 
     Returns:
         The JSON data (see :func:`structdrop.experiments.report.deep_section`).
     """
     out = Path(out)
-    name = results_name(config)
+    name = results_name(config) if name is None else check_name(name)
     procs = processes(config)
     out.mkdir(parents=True, exist_ok=True)
     with owning(out, name, procs):
@@ -155,7 +183,7 @@ def _run_owned(
 ) -> dict[str, Any]:
     """:func:`run_deep` once the run owns its result name."""
     json_path, figure_path = out / f"{name}.json", out / f"{name}.png"
-    checkpoint = checkpoint_path(config, out)
+    checkpoint = checkpoint_path(config, out, name)
     finished = None if force else _finished_results(json_path)
     wanted = _io.normalized(config.identity())
     if finished is not None and finished.get("config") != wanted:
@@ -183,7 +211,7 @@ def _run_owned(
         checkpoint_every=checkpoint_every,
         discard_foreign=force,
     )
-    data = _io.to_jsonable(results(config, result))
+    data = _io.to_jsonable(results(config, result, name))
     if procs.main:
         _io.write_bytes(figure_path, plots.render("fig2", data, dpi=120))
         _io.write_json(json_path, data)  # last but the timings: it marks the run as finished

@@ -27,7 +27,6 @@ from .config import DeepConfig
 
 __all__ = [
     "Processes",
-    "all_gather_rows",
     "all_sum",
     "autocast",
     "channels_last",
@@ -195,19 +194,6 @@ def all_sum(tensor: torch.Tensor, procs: Processes) -> torch.Tensor:
     if procs.world > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def all_gather_rows(rows: torch.Tensor, total: int, procs: Processes) -> torch.Tensor:
-    """The rows of every process, in rank order, when process ``k`` holds those of its
-    :func:`shard` of ``range(total)``."""
-    if procs.world == 1:
-        return rows
-    sizes = [len(part) for part in torch.tensor_split(torch.arange(total), procs.world)]
-    padded = rows.new_zeros((sizes[0], *rows.shape[1:]))  # the first shard is the largest
-    padded[: len(rows)] = rows
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ... import _validation as check
 from ..._checkpoint import CheckpointError
+from ...head import HeadReport
 from ...linear.sgd import DivergenceError
 from .checkpoint import load_state, save_state
 from .config import DeepConfig, make_scheme
@@ -42,11 +43,12 @@ __all__ = ["Interrupted", "Recipe", "TrainResult", "learning_rate", "train"]
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained network, its history and final evaluation."""
+    """What :func:`train` returns: the trained network, its history and the report of its head
+    at the end (:func:`structdrop.head_report`)."""
 
     model: Fig2Net
     history: dict[str, list[Any]]
-    final: dict[str, Any]
+    report: HeadReport
     data: ImageData
     seconds: float
     resumed_from_epoch: int
@@ -179,8 +181,8 @@ class Recipe:
         )
 
     # ----------------------------------------------------------------------------- training
-    def evaluate(self) -> dict[str, Any]:
-        """The deterministic objective now; a DivergenceError names the learning rate."""
+    def evaluate(self) -> HeadReport:
+        """The report of the head now; a DivergenceError names the learning rate."""
         try:
             return evaluate(self.model, self.data, self.scheme, self.procs, self.config.amp)
         except DivergenceError as error:
