@@ -23,7 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from structdrop.experiments.deep import DeepConfig, build_model, stream_generator
+from structdrop.experiments.deep.config import DeepConfig
+from structdrop.experiments.deep.model import build_model
+from structdrop.experiments.deep.parallel import stream_generator
 
 
 def _step(

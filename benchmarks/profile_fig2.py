@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from structdrop.experiments.deep import DeepConfig
-from structdrop.experiments.deep.pointconv import PointAwareConv2d
-from structdrop.experiments.deep.training import Recipe
+from structdrop.experiments.deep.config import DeepConfig
+from structdrop.experiments.deep.model import PointAwareConv2d
+from structdrop.experiments.deep.recipe import Recipe
 
 
 def _plain(model: nn.Module) -> None:

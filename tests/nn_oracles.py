@@ -7,10 +7,15 @@ law, not estimated), so the only approximation is the CLT at tens of thousands o
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import torch
 
 import structdrop as sd
+from structdrop.nn.dropblock import sparse as _sparse
+from structdrop.nn.dropblock.functional import drop_block
 
 # A z-bound of 5 standard errors: P(|N(0,1)| > 5) = 5.7e-7 per statistic.
 Z = 5.0
@@ -97,3 +102,50 @@ def assert_mask_law(z: torch.Tensor, scheme: sd.Scheme) -> int:
     cov_se = np.sqrt(np.clip(pair_var, 0.0, None) / n)
     np.testing.assert_array_less(np.abs(got_cov - cov), Z * cov_se + 1e-12)
     return d + d * (d + 1) // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding DropBlock: 0/1 frequencies against exact probabilities, and windows from their
+# definition (tests/test_nn_dropblock.py, tests/test_nn_dense.py)
+
+
+def bound(prob: np.ndarray, n: int, samples: int = 1) -> np.ndarray:
+    """The z-bound of a 0/1 frequency over ``n`` draws against its probability (``samples``
+    independent frequencies compared with each other: 2)."""
+    return Z * np.sqrt(samples * prob * (1.0 - prob) / n) + 1e-12
+
+
+def kept(input_shape, p, block_size, method="auto", seed=0, **options) -> np.ndarray:
+    """The 0/1 masks of :func:`drop_block` as float64, shape (N * C, *spatial), from an
+    all-ones input."""
+    x = torch.ones(input_shape, dtype=torch.float64)
+    out = drop_block(x, p, block_size, method=method, generator=seeded(seed), **options)
+    return (out != 0).to(torch.float64).reshape(-1, *input_shape[2:]).numpy()
+
+
+def oracle_windows(spatial, block, boundary) -> list[set[tuple[int, ...]]]:
+    """Every candidate window as a set of unit coordinates (products of 1-D ranges), written
+    from the definition."""
+    per_axis = []
+    for length, r in zip(spatial, block, strict=True):
+        if boundary == "valid":
+            w = min(r, length)
+            ranges = [range(s, s + w) for s in range(length - w + 1)]
+        else:
+            ranges = [
+                range(max(c - (r - 1) // 2, 0), min(c + r // 2, length - 1) + 1)
+                for c in range(length)
+            ]
+        per_axis.append(ranges)
+    return [set(itertools.product(*combo)) for combo in itertools.product(*per_axis)]
+
+
+def oracle_hits(drops: torch.Tensor, geometry) -> torch.Tensor:
+    """Units covered by a dropped window (``drops`` on the candidate grid), window by window."""
+    planes = drops.shape[0] * drops.shape[1]
+    hits = torch.zeros(planes, math.prod(geometry.spatial), dtype=torch.bool)
+    where = torch.nonzero(drops.reshape(planes, -1))
+    units = _sparse.window_units(where[:, 1], geometry)
+    for (plane, _), window in zip(where.tolist(), units, strict=True):
+        hits[plane, window] = True
+    return hits.reshape(*drops.shape[:2], *geometry.spatial)

@@ -248,6 +248,7 @@ def _writes_of_a_run(tmp_path: Path) -> int:
     return calls["n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["before", "during", "after"])
 def test_a_kill_at_every_write_resumes_to_the_uninterrupted_run(
     tmp_path: Path, moment: str
@@ -314,6 +315,7 @@ fit_sgd(X, Y, U0, V0, SCHEME, checkpoint=path, **SETTINGS)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("k", "moment"), [(2, "before"), (5, "after")])
 def test_sigkill_during_a_run_resumes_identically_and_leaves_no_litter(
     tmp_path: Path, k: int, moment: str

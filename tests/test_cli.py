@@ -23,8 +23,7 @@ from typer.testing import CliRunner
 import structdrop as sd
 from structdrop.cli import app
 from structdrop.experiments import synthetic
-from structdrop.experiments.deep import DeepConfig
-from structdrop.experiments.deep.config import default_text
+from structdrop.experiments.deep.config import DeepConfig, default_text
 
 runner = CliRunner()
 FIGURES = ("fig1", "fig3", "fig4", "fig5", "fig6", "head", "gap")
@@ -43,6 +42,7 @@ def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 def test_quick_reproduction_writes_every_figure_and_the_report(quick_results: Path) -> None:
     for name in FIGURES:
         assert (quick_results / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -394,6 +394,7 @@ def test_the_command_line_loads_without_torch() -> None:
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_command_line_on_two_processes(tmp_path: Path) -> None:
     """``torchrun --nproc-per-node 2 -m structdrop reproduce deep``: torch's launcher runs the
     package's ``__main__`` in each process, which join one gloo group; process 0 alone writes
@@ -412,6 +413,7 @@ def test_torchrun_runs_the_command_line_on_two_processes(tmp_path: Path) -> None
     assert len(data["history"]["step_loss"]) == 2 * 2 and data["gap"] >= 0
 
 
+@pytest.mark.slow
 def test_logs_get_one_line_per_figure_and_no_progress_bars(tmp_path: Path) -> None:
     """Run as `make reproduce` runs it (output to a pipe, not a terminal): no progress bar
     redraws (carriage returns), one summary line per figure."""

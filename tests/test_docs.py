@@ -138,6 +138,7 @@ def examples(name: str, text: str) -> list[dict[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path: Path) -> None:
     parts = []
     for block in python_blocks(ROOT / "README.md"):
@@ -152,6 +153,7 @@ def test_readme_python_blocks_run(tmp_path: Path) -> None:
     run_programs([{"name": "README.md", "kind": "code", "source": "\n".join(parts)}], tmp_path)
 
 
+@pytest.mark.slow
 def test_docstring_examples_run(tmp_path: Path) -> None:
     programs = []
     for path in sorted(SRC.rglob("*.py")):
@@ -164,6 +166,7 @@ def test_docstring_examples_run(tmp_path: Path) -> None:
     run_programs(programs, tmp_path)
 
 
+@pytest.mark.slow
 def test_site_pages_run(tmp_path: Path) -> None:
     programs = []
     for page in PAGES:

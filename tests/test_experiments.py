@@ -150,6 +150,7 @@ def test_dropconnect_run_refuses_a_law_on_units(law: sd.Scheme) -> None:
 # ------------------------------------------------------------------------------------------------
 # Runs: resume, convergence, divergence
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_fig1_resumes_with_identical_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +168,7 @@ def test_killed_fig1_resumes_with_identical_results(
     assert not (out / "checkpoints").exists()  # dropped once the figure is written
 
 
+@pytest.mark.slow
 def test_killed_dropconnect_figure_resumes_with_identical_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,6 +182,7 @@ def test_killed_dropconnect_figure_resumes_with_identical_results(
     assert resumed == reference
 
 
+@pytest.mark.slow
 def test_fig1_full_scale_reaches_the_global_minimum(tmp_path: Path) -> None:
     """Thm 2.7 (corrected): 1e6 steps of Algorithm 1 at the paper's scale end within 1e-2 of F*.
     This is the full-mode fig1 run (about 5-15 s on two slow cores)."""

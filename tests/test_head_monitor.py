@@ -224,6 +224,7 @@ def test_a_head_called_twice_per_pass_is_refused() -> None:
         sd.HeadMonitor(Twice()).measure(_loader(1, 4, (5,), 4))
 
 
+@pytest.mark.slow
 def test_a_compiled_model_measures_as_the_eager_one_without_recompiling() -> None:
     from torch._dynamo.utils import counters
 

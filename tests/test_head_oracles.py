@@ -201,6 +201,7 @@ def _monte_carlo(
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(draws))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "real"])
 @pytest.mark.parametrize("name", list(LAWS))
@@ -724,6 +725,7 @@ def _reduce_worker(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     """Each rank sums its part (one rank may see no batch: it contributes zeros), all_reduce
     adds them: every rank then holds the sums of all samples (1e-12 relative in max norm: two

@@ -76,6 +76,7 @@ def test_the_numpy_core_runs_without_loading_torch() -> None:
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_submodules_are_attributes_after_a_plain_import() -> None:
     found = _run(
         """
@@ -120,6 +121,7 @@ def test_an_unknown_attribute_raises_attribute_error_naming_it() -> None:
         exec("from structdrop import no_such_room")
 
 
+@pytest.mark.slow
 def test_import_structdrop_nn_loads_no_compiler_stack() -> None:
     """``import structdrop.nn`` costs little more than ``import torch``: the compiler stack
     (Dynamo, Inductor, SymPy) and the experiments' packages load only when used. Measured on

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a wheel and a virtual environment
+
 ROOT = Path(__file__).resolve().parents[1]
 #: What the base install brings, and the user's model library.
 BASE = ("numpy", "scipy", "torch", "torchvision")

@@ -82,6 +82,7 @@ def _forward_backward(layer, shape, backend, device="cpu", **compile_options):
     return x, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_every_layer_compiles_with_fullgraph(name, backend):
@@ -98,6 +99,7 @@ def test_every_layer_compiles_with_fullgraph(name, backend):
         assert torch.equal(torch.compile(layer.eval(), backend=backend)(x), layer(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize(
     "scheme", [sd.GridBlock(0.3, 2), sd.SlidingBlock(0.3, 3, "clipped")], ids=["grid", "sliding"]
@@ -116,6 +118,7 @@ def test_dropout_penalty_compiles_and_equals_eager(scheme, backend):
     torch.testing.assert_close(grad, model.head.weight.grad)
 
 
+@pytest.mark.slow
 def test_inductor_compiles_dropblock_forward_and_backward():
     x = torch.randn(2, 4, 9, 8).to(memory_format=torch.channels_last).requires_grad_()
     layer = sdnn.DropBlock2d(0.3, 3, boundary="clipped")
@@ -128,6 +131,7 @@ def test_inductor_compiles_dropblock_forward_and_backward():
     assert (ratio == 0).any() and (ratio > 1).any()
 
 
+@pytest.mark.slow
 def test_inductor_compiles_structured_dropout_and_per_sample_dropconnect():
     for layer, shape in (
         (sdnn.StructuredDropout(sd.SlidingBlock(0.3, 3)), (8, 6)),
@@ -151,6 +155,7 @@ def test_compiled_dropblock_draws_the_exact_law():
     torch.testing.assert_close(out.amax((0, 1)), 1.0 / mu, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_a_new_drop_rate_does_not_recompile_each_step():
     # DropRateSchedule changes p every step: DropBlock's rate is a tensor that it fills in place
     # (no recompile at all); BlockDropout's p becomes a symbolic float after its first change
@@ -164,6 +169,7 @@ def test_a_new_drop_rate_does_not_recompile_each_step():
     assert counters["stats"]["unique_graphs"] == 3  # DropBlock's one; constant p, symbolic p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "shapes"),
     [

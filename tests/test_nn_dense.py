@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-import structdrop as sd
+from nn_oracles import bound, kept, oracle_hits
+from nn_oracles import seeded as gen
 from structdrop import nn as sdnn
 from structdrop._validation import check_block_sizes
 from structdrop.nn.dropblock import dense as _dense
@@ -34,35 +35,8 @@ from structdrop.nn.dropblock.functional import (
     window_drop_prob,
 )
 
-Z = 5.0
 BOUNDARIES = ("valid", "clipped")
 RULES = ("mean", "interior", "ghiasi")
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def bound(prob: np.ndarray, n: int, samples: int = 1) -> np.ndarray:
-    return Z * np.sqrt(samples * prob * (1.0 - prob) / n) + 1e-12
-
-
-def kept(input_shape, p, block_size, method, seed=0, **options) -> np.ndarray:
-    """0/1 masks as float64, shape (N * C, *spatial), from an all-ones input."""
-    x = torch.ones(input_shape, dtype=torch.float64)
-    out = drop_block(x, p, block_size, method=method, generator=gen(seed), **options)
-    return (out != 0).to(torch.float64).reshape(-1, *input_shape[2:]).numpy()
-
-
-def oracle_hits(drops: torch.Tensor, geometry) -> torch.Tensor:
-    """Units covered by a dropped window, written window by window from the definition."""
-    planes = drops.shape[0] * drops.shape[1]
-    hits = torch.zeros(planes, math.prod(geometry.spatial), dtype=torch.bool)
-    where = torch.nonzero(drops.reshape(planes, -1))
-    units = _sparse.window_units(where[:, 1], geometry)
-    for (plane, _), window in zip(where.tolist(), units, strict=True):
-        hits[plane, window] = True
-    return hits.reshape(*drops.shape[:2], *geometry.spatial)
 
 
 def exact_second_moment(spatial, block, boundary, gamma) -> np.ndarray:
@@ -94,52 +68,21 @@ def test_window_expansions_match_the_definition(boundary, spatial, block):
     assert torch.equal(_dense.hits_by_pooling(drops.double(), geometry).bool(), expected)
 
 
-def test_large_3d_blocks_pool_axis_by_axis(monkeypatch):
-    geometry = _windows.geometry((6, 7, 5), (4, 5, 4), "clipped")  # volume 80 > 64: per axis
+@pytest.mark.parametrize(
+    ("spatial", "block"),
+    [((6, 7, 5), (4, 5, 4)), ((6, 7, 5), (4, 4, 4))],  # volume 80: axis by axis; 64: jointly
+)
+def test_3d_blocks_pool_jointly_or_axis_by_axis(spatial, block):
+    geometry = _windows.geometry(spatial, block, "clipped")
+    joint = math.prod(geometry.extents) <= _dense.JOINT_POOL_LIMIT
+    assert joint == (math.prod(block) == 64)
     drops = torch.rand(2, 2, *geometry.candidates, generator=gen(2)) < 0.05
     expected = oracle_hits(drops, geometry)
-    assert torch.equal(_dense.hits_by_pooling(drops.float(), geometry).bool(), expected)
-    monkeypatch.setattr(_dense, "_JOINT_POOL_LIMIT", 10**6)  # and jointly
     assert torch.equal(_dense.hits_by_pooling(drops.float(), geometry).bool(), expected)
 
 
 # ----------------------------------------------------------------------------------------------
 # The exact law, dense sampler
-
-
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-@pytest.mark.parametrize(("length", "block"), [(10, 3), (8, 4), (5, 7)])
-def test_dense_1d_masks_match_sliding_block_mean_and_covariance(boundary, length, block):
-    p = 0.25
-    gamma = window_drop_prob(p, block, (length,), boundary)
-    scheme = sd.SlidingBlock(p, block, boundary=boundary, gamma=gamma)
-    z = kept((200, 100, length), p, block, "dense", seed=length, boundary=boundary)
-    n = z.shape[0]
-    mu, second = scheme.mean(length), scheme.second_moment(length)
-    np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, n))
-    np.testing.assert_array_less(np.abs(z.T @ z / n - second), bound(second, n))
-    cov_hat = np.cov(z, rowvar=False, bias=True)  # errors of the three terms add (first order)
-    slack = bound(second, n) + 2 * bound(mu, n)[:, None] + 2 * bound(mu, n)[None, :]
-    np.testing.assert_array_less(np.abs(cov_hat - scheme.covariance(length)), slack)
-
-
-@pytest.mark.parametrize("boundary", BOUNDARIES)
-@pytest.mark.parametrize(("spatial", "block"), [((14, 14), 7), ((9, 11), (3, 4)), ((5, 6, 4), 3)])
-def test_dense_2d_3d_keep_rates_are_exact_and_output_unbiased(boundary, spatial, block):
-    p = 0.15
-    x = torch.rand(*spatial, dtype=torch.float64) + 0.5
-    batch = x.expand(100, 60, *spatial)
-    out = drop_block(batch, p, block, boundary=boundary, method="dense", generator=gen(7))
-    gamma = window_drop_prob(p, block, spatial, boundary)
-    mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
-    values = out.reshape(-1, *spatial)
-    n = values.shape[0]
-    np.testing.assert_array_less(np.abs((values != 0).double().mean(0).numpy() - mu), bound(mu, n))
-    # E[output] = x: the standard deviation of one output is x sqrt((1 - mu) / mu)
-    spread = x.numpy() * np.sqrt((1.0 - mu) / mu)
-    error = np.abs(values.mean(0).numpy() - x.numpy())
-    np.testing.assert_array_less(error, Z * spread / math.sqrt(n) + 1e-12)
-    np.testing.assert_allclose(values.amax(0).numpy(), x.numpy() / mu, rtol=1e-12)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)

@@ -20,8 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structdrop as sd
+from nn_oracles import Z, bound, kept, oracle_hits, oracle_windows
+from nn_oracles import seeded as gen
 from structdrop._validation import check_block_sizes
 from structdrop.nn import dropblock as db
+from structdrop.nn.dropblock import rates as _rates
 from structdrop.nn.dropblock import sparse as _sparse
 from structdrop.nn.dropblock.functional import (
     drop_block,
@@ -32,44 +35,12 @@ from structdrop.nn.dropblock.functional import (
     window_drop_prob,
 )
 
-Z = 5.0
 BOUNDARIES = ("valid", "clipped")
 RULES = ("mean", "interior", "ghiasi")
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def bound(prob: np.ndarray, n: int) -> np.ndarray:
-    return Z * np.sqrt(prob * (1.0 - prob) / n) + 1e-12
-
-
-def kept(input_shape, p, block_size, seed=0, **options) -> np.ndarray:
-    """0/1 masks as float64, shape (N * C, *spatial), from an all-ones input."""
-    x = torch.ones(input_shape, dtype=torch.float64)
-    out = drop_block(x, p, block_size, generator=gen(seed), **options)
-    return (out != 0).to(torch.float64).reshape(-1, *input_shape[2:]).numpy()
-
-
 # ----------------------------------------------------------------------------------------------
 # Independent oracle: windows enumerated from their definition, unit by unit.
-
-
-def oracle_windows(spatial, block, boundary):
-    """Every candidate window as a set of unit coordinates (products of 1-D ranges)."""
-    per_axis = []
-    for length, r in zip(spatial, block, strict=True):
-        if boundary == "valid":
-            w = min(r, length)
-            ranges = [range(s, s + w) for s in range(length - w + 1)]
-        else:
-            ranges = [
-                range(max(c - (r - 1) // 2, 0), min(c + r // 2, length - 1) + 1)
-                for c in range(length)
-            ]
-        per_axis.append(ranges)
-    return [set(itertools.product(*combo)) for combo in itertools.product(*per_axis)]
 
 
 def oracle_moments(spatial, block, boundary, gamma):
@@ -88,14 +59,17 @@ def oracle_moments(spatial, block, boundary, gamma):
 # Mask laws
 
 
+@pytest.mark.parametrize("method", ["sparse", "dense"])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("length", "block"), [(12, 3), (10, 4), (5, 7), (9, 1)])
-def test_1d_masks_match_sliding_block_moments(boundary, length, block):
+def test_1d_masks_match_sliding_block_moments(method, boundary, length, block):
+    """Both samplers draw the masks of ``SlidingBlock(p, r, boundary, gamma)``: mean, second
+    moment and covariance."""
     p = 0.2
     rule = {3: "ghiasi", 4: "interior"}.get(block, "mean")
     gamma = window_drop_prob(p, block, (length,), boundary, rule)
     scheme = sd.SlidingBlock(p, block, boundary=boundary, gamma=gamma)
-    z = kept((200, 100, length), p, block, seed=length, boundary=boundary, gamma=rule)
+    z = kept((200, 100, length), p, block, method, length, boundary=boundary, gamma=rule)
     n = z.shape[0]
     mu = scheme.mean(length)
     second = scheme.second_moment(length)
@@ -141,14 +115,26 @@ def test_keep_prob_matches_oracle_counts(boundary, spatial, block):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("method", ["sparse", "dense"])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize(("spatial", "block"), [((14, 14), 7), ((9, 11), (3, 4)), ((6, 5, 4), 3)])
-def test_2d_3d_keep_rates_match_keep_prob(boundary, spatial, block):
+def test_2d_3d_keep_rates_are_exact_and_the_output_unbiased(method, boundary, spatial, block):
+    """Both samplers: per-unit keep rates ``mu = (1 - gamma)^n`` and ``E[output] = input``,
+    every kept unit ``x / mu``."""
     p = 0.15
-    z = kept((100, 40, *spatial), p, block, seed=7, boundary=boundary)
+    x = torch.rand(*spatial, dtype=torch.float64, generator=gen(11)) + 0.5
+    batch = x.expand(100, 40, *spatial)
+    out = drop_block(batch, p, block, boundary=boundary, method=method, generator=gen(7))
     gamma = window_drop_prob(p, block, spatial, boundary)
     mu = drop_block_keep_prob(spatial, block, boundary, gamma).numpy()
-    np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, z.shape[0]))
+    values = out.reshape(-1, *spatial)
+    n = values.shape[0]
+    np.testing.assert_array_less(np.abs((values != 0).double().mean(0).numpy() - mu), bound(mu, n))
+    # E[output] = x: the standard deviation of one output is x sqrt((1 - mu) / mu)
+    spread = x.numpy() * np.sqrt((1.0 - mu) / mu)
+    error = np.abs(values.mean(0).numpy() - x.numpy())
+    np.testing.assert_array_less(error, Z * spread / math.sqrt(n) + 1e-12)
+    np.testing.assert_allclose(values.amax(0).numpy(), x.numpy() / mu, rtol=1e-12)
 
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
@@ -204,31 +190,44 @@ def test_explicit_gamma_is_used_as_given():
     np.testing.assert_array_less(np.abs(z.mean(0) - mu), bound(mu, z.shape[0]))
 
 
-def test_dropped_positions_are_a_bernoulli_process_also_when_extended(monkeypatch):
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_dropped_positions_are_a_bernoulli_process_in_rounds_of_any_size(chunk):
+    """The default round draws enough gaps at once; rounds of 1 or 3 gaps (many rounds per
+    draw) give the same process."""
     total, gamma, draws = 40, 0.3, 600
-    for chunk_margin in (16.0, -1e9):  # the second forces one gap per draw round
-        if chunk_margin < 0:
-            monkeypatch.setattr(_sparse, "_chunk_size", lambda total, gamma: 1)
-        g = gen(9)
-        hits = np.zeros(total)
-        for _ in range(draws):
-            positions = _sparse.dropped_positions(total, gamma, torch.device("cpu"), g)
-            assert torch.all(positions[1:] > positions[:-1])
-            assert positions.numel() == 0 or 0 <= int(positions[0]) <= int(positions[-1]) < total
-            hits[positions.numpy()] += 1
-        np.testing.assert_array_less(
-            np.abs(hits / draws - gamma), bound(np.full(total, gamma), draws)
-        )
+    g = gen(9)
+    hits = np.zeros(total)
+    for _ in range(draws):
+        positions = _sparse.dropped_positions(total, gamma, torch.device("cpu"), g, chunk)
+        assert torch.all(positions[1:] > positions[:-1])
+        assert positions.numel() == 0 or 0 <= int(positions[0]) <= int(positions[-1]) < total
+        hits[positions.numpy()] += 1
+    np.testing.assert_array_less(np.abs(hits / draws - gamma), bound(np.full(total, gamma), draws))
 
 
-def test_window_table_and_direct_indices_agree(monkeypatch):
-    x = torch.randn(4, 3, 9, 7)
-    for boundary in BOUNDARIES:
-        first = drop_block2d(x, 0.3, (4, 3), boundary=boundary, generator=gen(1))
-        monkeypatch.setattr(_sparse, "_TABLE_LIMIT", 0)
-        second = drop_block2d(x, 0.3, (4, 3), boundary=boundary, generator=gen(1))
-        monkeypatch.undo()
-        torch.testing.assert_close(first, second, rtol=0, atol=0)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize(
+    ("spatial", "block", "p"), [((9, 7), (4, 3), 0.3), ((1100, 1100), 2, 0.01)]
+)
+def test_the_mask_is_that_of_the_drawn_windows(boundary, spatial, block, p):
+    """The units set to zero are those of the windows drawn, written from the definition; the
+    small map takes its windows from a table, the large one (more candidate units than
+    ``TABLE_LIMIT``) computes them per draw."""
+    geometry = _rates.geometry(spatial, check_block_sizes(block, 2), boundary)
+    table = math.prod(geometry.candidates) * math.prod(geometry.extents) <= _sparse.TABLE_LIMIT
+    assert table == (spatial == (9, 7))
+    x = torch.ones(2, 3, *spatial)
+    out = drop_block2d(x, p, block, boundary=boundary, generator=gen(1))
+    gamma = window_drop_prob(p, block, spatial, boundary)
+    # the layer seeds the windows' generator with the first number of its own
+    seeded = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=gen(1))))
+    total = 6 * math.prod(geometry.candidates)
+    drawn = _sparse.dropped_positions(total, gamma, torch.device("cpu"), seeded)
+    drops = torch.zeros(total, dtype=torch.bool)
+    drops[drawn] = True
+    expected = oracle_hits(drops.reshape(2, 3, *geometry.candidates), geometry)
+    assert drawn.numel() > 0
+    assert torch.equal(out == 0, expected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +391,7 @@ def test_1d_and_3d_entry_points():
     assert (out == 0).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 @pytest.mark.parametrize("scale", ["expected", "batch"])
 def test_gradcheck(boundary, scale):

@@ -69,6 +69,24 @@ def test_a_new_rate_before_the_backward_leaves_the_forwards_mask(change):
     assert torch.equal(x.grad, y.detach())  # d(x * mask)/dx: the forward's mask, at p = 0.3
 
 
+def test_an_eager_backward_keeps_the_dropped_windows_not_a_mask():
+    """On a CPU the forward keeps the positions of the windows it dropped (int64, a few per
+    cent of the candidates) and the backward rebuilds the mask from them; the dense sampler
+    keeps only its seed."""
+    x = torch.ones(32, 64, 14, 14, requires_grad=True)
+    y = sdnn.DropBlock2d(0.1, 7)(x)
+    _, positions = y.grad_fn.kept
+    assert positions.dtype == torch.int64 and positions.ndim == 1 and positions.numel() > 0
+    # expected 0.45 % of the input's bytes (gamma x candidates x 8 bytes); an input-sized mask
+    # of any dtype would be >= 25 %
+    assert positions.numel() * positions.element_size() < 0.01 * x.numel() * x.element_size()
+    grad = torch.randn_like(x)
+    y.backward(grad)
+    assert torch.equal(x.grad, grad * y.detach())  # the forward's mask (ones in: y is it)
+    dense = sdnn.DropBlock2d(0.1, 7, method="dense")(x)
+    assert dense.grad_fn.kept is None
+
+
 class _SteppedInForward(nn.Module):
     """The ``dropblock`` package's pattern: a scheduler that steps in the model's forward."""
 

@@ -131,7 +131,7 @@ def _drop_block_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     ]
 
 
-pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_dynamo")]  # models, compiled
 
 
 @pytest.fixture(params=MODELS)

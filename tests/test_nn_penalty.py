@@ -96,6 +96,7 @@ def _network(b, a, d, seed):
     )
 
 
+@pytest.mark.slow
 def test_penalty_and_masks_reach_the_closed_form_optimum():
     # U V^T X with b=10, a=8, d=10, N=200 and GridBlock(0.3, 2). The oracle is the closed-form
     # global minimum F* (Thm 2.7 as corrected in docs/theory.md). The penalty form (deterministic,

@@ -418,6 +418,7 @@ def _well_separated():
     return rng.standard_normal((3, 5)), 3.0 * rng.standard_normal((4, 5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "scheme, width",
     [(sd.GridBlock(0.5, 2), 4), (sd.Bernoulli(0.5), 2), (sd.GridBlock(0.3, 4), 4)],
@@ -429,6 +430,7 @@ def test_global_minimum_gradients_match_finite_differences(field, scheme, width)
     gradcheck_optimum(X, Y, scheme, width, field)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sv, scheme, width",
     [

@@ -61,6 +61,7 @@ def _run_fig1(out: Path, kernel: str) -> dict:
     return json.loads((out / "fig1.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_quick_figure_agrees_across_blas_kernels(tmp_path):
     running = {kernel: _openblas_kernel(kernel) for kernel in KERNELS}
     if None in running.values() or len(set(running.values())) < 2:

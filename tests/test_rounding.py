@@ -88,6 +88,7 @@ def test_a_nudge_of_a_few_ulps_changes_no_decision_and_no_derivative(case):
         np.testing.assert_allclose(gy, ref_gy, rtol=0, atol=1e-6 * largest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in DEGENERATE if not c.startswith("kink")])
 @pytest.mark.parametrize("shape", [(4, 5), (4, 3)], ids=["X 5x5", "X 3x5"])
 def test_gradients_at_ties_and_zeros_match_finite_differences(case, shape):

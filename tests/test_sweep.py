@@ -75,6 +75,7 @@ def _stubborn(folder: str, index: int) -> int:
     raise RuntimeError("job 1 failed")
 
 
+@pytest.mark.slow
 def test_a_worker_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     jobs = [{"folder": str(tmp_path), "index": i} for i in (0, 1)]
     with pytest.raises(RuntimeError, match="job 1 failed"):
@@ -99,6 +100,27 @@ def test_workers_take_the_callers_blas_threads(threads: int) -> None:
     that did not inherit them by forking."""
     with threadpool_limits(limits=threads, user_api="blas"):
         assert run_sweep(_blas_threads, [{}, {}], n_jobs=2) == [threads, threads]
+
+
+def test_a_single_threaded_blas_of_the_caller_leaves_the_workers_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each BLAS library of the caller counts on its own. One that keeps one thread whatever it
+    is told (the OpenBLAS that SCS bundles, which cvxpy loads) is not the workers' count: it
+    was, when it came last among the libraries (the sweep took the last one's count for all)."""
+    import threadpoolctl
+
+    real = threadpoolctl.threadpool_info
+    single = {
+        "user_api": "blas",
+        "internal_api": "openblas",
+        "prefix": "libopenblas",
+        "filepath": "/nowhere/libopenblas-single.so",
+        "num_threads": 1,
+    }
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [*real(), single])
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert run_sweep(_blas_threads, [{}, {}], n_jobs=2) == [2, 2]
 
 
 def _handlers() -> tuple[bool, bool]:
@@ -173,6 +195,7 @@ print("rounds", round + 1)
 BURN = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end:\n    pass\n"
 
 
+@pytest.mark.slow
 def test_the_failure_path_50_times_beside_other_work_never_hangs(tmp_path: Path) -> None:
     """A job fails while another writes a file, 50 times over, with a busy process beside the
     sweep: every sweep raises the job's error, its workers are gone within seconds, and no
@@ -220,6 +243,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     """SIGKILL of the sweep's process, which the pool never notices: its workers exit within

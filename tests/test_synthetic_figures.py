@@ -95,6 +95,7 @@ def test_the_report_lists_the_claims_of_the_table_in_its_order(tmp_path: Path) -
 # ------------------------------------------------------------------------------------------------
 # Laws stored by identity
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_run_names_its_law_by_identity(made: Path) -> None:
     fig3 = json.loads((made / "fig3.json").read_text())
     for run in fig3["runs"]:
@@ -109,6 +110,7 @@ def test_every_run_names_its_law_by_identity(made: Path) -> None:
         assert not re.search(rf"\b({laws})\(", text), name  # no repr of a law anywhere
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_bytes(made: Path, tmp_path: Path) -> None:
     assert synthetic.run(PAIR, tmp_path, config=SMALL) == {"fig3": "done", "gap": "done"}
     for name in PAIR:
@@ -131,6 +133,7 @@ def _laws_as_repr(data: dict[str, Any]) -> None:
         run["scheme"] = repr(sd.Scheme.from_dict(run["scheme"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [_drop_baseline_laws, _laws_as_repr])
 def test_a_figure_without_law_identities_is_recomputed_not_misread(
     made: Path, tmp_path: Path, change: Any

@@ -4,8 +4,8 @@ mkdocstrings reads structdrop without importing it. Some things of the package a
 known at run time or are written for Sphinx, and this extension supplies them:
 
 * names loaded on first use by a module's ``__getattr__`` (``structdrop.CheckpointError``,
-  the names of ``structdrop.experiments.deep``) are listed in a dict of the module
-  (``_LAZY_NAMES``, ``_ROOMS``: name -> submodule); they become members of the module;
+  ``structdrop.HeadMonitor``) are listed in a dict of the module (``_LAZY_NAMES``: name ->
+  submodule); they become members of the module;
 * a class whose docstring is set in its body (``__doc__ = TEMPLATE.format(...)``, as the
   DropBlock layers' is) gets the docstring of the imported class, and an exported function
   made by a call (``drop_block2d = _with_spatial_dims(...)``) is read from the imported module;
@@ -44,7 +44,7 @@ DOCS_PAGE = re.compile(r"(?<![\w/`])docs/(\w+)\.md(?:#([\w-]+))?")
 #: The docs folder (this file is in docs/api/).
 DOCS = Path(__file__).resolve().parents[1]
 #: The dicts of lazily loaded names: name -> submodule of the module that defines the dict.
-LAZY_TABLES = ("_LAZY_NAMES", "_ROOMS")
+LAZY_TABLES = ("_LAZY_NAMES",)
 
 
 class StructdropDocs(Extension):
@@ -99,7 +99,7 @@ def _add_lazy_names(module: Module) -> None:
                 module.set_member(name, Alias(name, f"{module.path}.{room}.{name}", parent=module))
             names.append(name)
     if names and not _static_exports(module):
-        module.exports = sorted(names)  # ``__all__ = sorted(_ROOMS)``: computed at import
+        module.exports = sorted(names)  # ``__all__`` computed at import
 
 
 def _static_exports(module: Module) -> bool:

@@ -57,6 +57,7 @@ __all__ = [
     "check_integer",
     "check_law_on_units",
     "check_law_on_weights",
+    "check_linear_input",
     "check_linear_operands",
     "check_matrix",
     "check_nonnegative",
@@ -481,20 +482,26 @@ def check_block_divides_axis(block_size: int, input: torch.Tensor, dim: int) -> 
         )
 
 
-def check_linear_operands(
-    input: Any, weight: Any, bias: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The operands of a linear map ``input @ weight^T + bias``: (..., in), (out, in) and (out,)
-    floating-point tensors, the bias optional."""
+def check_linear_input(input: Any, weight: torch.Tensor) -> torch.Tensor:
+    """The input of a linear map of ``weight`` (out, in): a floating-point (..., in) tensor."""
     input = check_float_tensor(input, "input")
-    weight = check_float_tensor(weight, "weight")
-    if weight.ndim != 2:
-        raise ValueError(f"weight must be a 2-D (out, in) matrix, got shape {tuple(weight.shape)}")
     if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"input's last dimension must equal in_features={weight.shape[1]}, "
             f"got input of shape {tuple(input.shape)}"
         )
+    return input
+
+
+def check_linear_operands(
+    input: Any, weight: Any, bias: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The operands of a linear map ``input @ weight^T + bias``: (..., in), (out, in) and (out,)
+    floating-point tensors, the bias optional."""
+    weight = check_float_tensor(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be a 2-D (out, in) matrix, got shape {tuple(weight.shape)}")
+    input = check_linear_input(input, weight)
     if bias is not None:
         bias = check_float_tensor(bias, "bias")
         if tuple(bias.shape) != (weight.shape[0],):

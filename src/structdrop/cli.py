@@ -2,7 +2,7 @@
 
 ``structdrop reproduce synthetic`` reproduces the paper's synthetic experiments (figures, JSON
 data, ``REPORT.md``); ``structdrop reproduce deep`` its deep-network experiment (Fig. 2), whose
-options are the fields of :class:`~structdrop.experiments.deep.DeepConfig`; ``structdrop
+options are the fields of :class:`~structdrop.experiments.deep.config.DeepConfig`; ``structdrop
 optimum`` prints the closed-form global minimum (Thm 2.7, corrected in docs/theory.md) of
 Dropout/DropBlock for data files. ``python -m structdrop`` is the same command line, and
 ``torchrun ... -m structdrop reproduce deep`` runs Fig. 2 on several processes.
@@ -427,23 +427,28 @@ def _deep(
     options: dict[str, Any],
 ) -> None:
     from . import _validation as check
-    from .experiments import _io, deep, report
+    from .experiments import _io, report
+    from .experiments.deep.config import check_name, config_from_options
     from .linear import DivergenceError
 
     existed = _exists(out)
     try:
-        config = deep.config_from_options(quick=quick, **options)
+        config = config_from_options(quick=quick, **options)
         if name is not None:
-            deep.check_name(name)
+            check_name(name)
         check.check_nonnegative(checkpoint_every, "--checkpoint-every")
         _io.check_out_dir(out)
         report.check_report(out, force)
     except (ValueError, TypeError) as error:  # the options themselves
         _remove_if_empty(out, existed)
         fail(str(error))
+    from .experiments.deep.data import MissingDataError
+    from .experiments.deep.experiment import run_deep
+    from .experiments.deep.parallel import process_group
+
     try:
-        with deep.process_group(config) as procs:
-            data = deep.run_deep(
+        with process_group(config) as procs:
+            data = run_deep(
                 config,
                 out,
                 force=force,
@@ -454,9 +459,7 @@ def _deep(
             )
         if procs.main:
             path = report.write_report(out, force)
-    except KeyboardInterrupt:  # before looking up deep.MissingDataError (torch, maybe half-loaded)
-        raise
-    except (deep.MissingDataError, *_user_errors(DivergenceError)) as error:
+    except _user_errors(MissingDataError, DivergenceError) as error:
         _remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:  # the data, results or checkpoints: unreadable, read-only, full
@@ -485,7 +488,11 @@ def _sweep(
 ) -> None:
     """``reproduce deep --sweep``: every cell an ordinary run into ``out`` (see the help)."""
     from . import _validation as check
-    from .experiments import _io, deep, report
+    from .experiments import _io, report
+    from .experiments.deep import sweep
+    from .experiments.deep.config import config_from_options
+    from .experiments.deep.data import MissingDataError
+    from .experiments.deep.parallel import process_group
     from .linear import DivergenceError
 
     existed = _exists(out)
@@ -494,11 +501,11 @@ def _sweep(
             raise ValueError("--name names one run: the sweep names its cells itself")
         if list_cells and collect:
             raise ValueError("--list and --collect exclude each other")
-        deep.check_sweep_base(options)
-        base = deep.config_from_options(quick=quick, **options)
+        sweep.check_base(options)
+        base = config_from_options(quick=quick, **options)
         check.check_nonnegative(checkpoint_every, "--checkpoint-every")
         if list_cells:
-            for command in deep.cell_commands(deep.sweep_cells(base), out):
+            for command in sweep.cell_commands(sweep.cells(base), out):
                 typer.echo(command)
             return
         _io.check_out_dir(out)
@@ -516,11 +523,11 @@ def _sweep(
         )
 
     try:
-        with deep.process_group(base) as procs:
+        with process_group(base) as procs:
             if collect:
-                summary = deep.collect_sweep(base, out) if procs.main else {}
+                summary = sweep.collect(base, out) if procs.main else {}
             else:
-                summary = deep.run_deep_sweep(
+                summary = sweep.run_sweep(
                     base,
                     out,
                     force=force,
@@ -530,9 +537,7 @@ def _sweep(
                 )
         if procs.main:
             path = report.write_report(out, force)
-    except KeyboardInterrupt:
-        raise
-    except (deep.MissingDataError, *_user_errors(DivergenceError)) as error:
+    except _user_errors(MissingDataError, DivergenceError) as error:
         _remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:

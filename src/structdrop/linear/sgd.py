@@ -472,16 +472,3 @@ def run_chunk(
             XT, YT, U, V, indices, masks, theta, lr, decay, t0, limit, losses
         )
     return _engine.sgd_unit_masks(XT, YT, U, V, indices, masks, lr, decay, t0, limit, losses)
-
-
-def trajectory_from_dict(data: dict[str, Any]) -> Trajectory:
-    """Inverse of :meth:`Trajectory.to_dict` (weights empty when they were not saved)."""
-    return Trajectory(
-        iterations=np.asarray(data["iterations"], dtype=np.int64),
-        expected=np.asarray(data["expected"]),
-        stochastic=np.asarray(data["stochastic"]),
-        gap=None if data.get("gap") is None else np.asarray(data["gap"]),
-        U=np.asarray(data.get("U", [])),
-        V=np.asarray(data.get("V", [])),
-        config=dict(data.get("config", {})),
-    )

@@ -66,24 +66,41 @@ def _start_worker(parent: int, blas_threads: dict[str, int]) -> None:
         daemon=True,
     )
     watcher.start()
-    if blas_threads:
-        from threadpoolctl import threadpool_limits
+    _CALLER_BLAS_THREADS.update(blas_threads)
+    _take_blas_threads(_CALLER_BLAS_THREADS)
 
-        threadpool_limits(limits=blas_threads)
+
+#: In a worker: the thread count of each BLAS library of the sweep's caller, by file.
+_CALLER_BLAS_THREADS: dict[str, int] = {}
 
 
 def _blas_threads() -> dict[str, int]:
-    """The calling process's thread count of each BLAS API loaded (threadpoolctl), or nothing
-    when threadpoolctl is not installed."""
+    """The calling process's thread count of each BLAS library it has loaded, by file
+    (threadpoolctl), or nothing when threadpoolctl is not installed. Each library counts on its
+    own: one that runs a single thread whatever it is told (as some bundled OpenBLAS builds do)
+    says nothing of the others."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
         return {}
     return {
-        info["user_api"]: int(info["num_threads"])
+        info["filepath"]: int(info["num_threads"])
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     }
+
+
+def _take_blas_threads(counts: dict[str, int]) -> None:
+    """Give each BLAS library loaded here that the caller has loaded too the caller's thread
+    count (the others keep their defaults)."""
+    if not counts:
+        return
+    from threadpoolctl import ThreadpoolController
+
+    for library in ThreadpoolController().lib_controllers:
+        threads = counts.get(library.filepath)
+        if threads is not None and library.num_threads != threads:
+            library.set_num_threads(threads)
 
 
 #: Modules the fork server imports once, so that each worker starts with them loaded.
@@ -105,6 +122,7 @@ def _call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
     from its ``args``; one whose constructor takes other arguments cannot be rebuilt, and the
     pool would then report a worker that "terminated abruptly" instead of the error. Such an
     exception is replaced by a RuntimeError that names it (its traceback goes along)."""
+    _take_blas_threads(_CALLER_BLAS_THREADS)  # also those the job's module loaded
     try:
         return function(**kwargs)
     except Exception as error:

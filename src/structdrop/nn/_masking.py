@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["apply_mask", "batch_scaled", "exact_dtype", "work_dtype", "zero_output"]
+__all__ = ["batch_scaled", "exact_dtype", "work_dtype", "zero_output"]
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -16,11 +16,6 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 def exact_dtype(device: torch.device) -> torch.dtype:
     """float64 where the device has it (MPS has not), for exact probabilities."""
     return torch.float32 if device.type == "mps" else torch.float64
-
-
-def apply_mask(input: Tensor, mask: Tensor, inplace: bool) -> Tensor:
-    """``input * mask`` (the input's memory format is kept: it is the first operand)."""
-    return input.mul_(mask) if inplace else input * mask
 
 
 def zero_output(input: Tensor, inplace: bool) -> Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 from .. import _validation as check
 from ..objectives import penalty
 from ..schemes import Scheme, check_scheme
-from ._tracing import fx_leaf, host_constant, is_compiling
+from ._tracing import fx_node, host_constant, is_compiling
 
 __all__ = ["DropoutPenalty", "dropout_penalty"]
 
@@ -50,7 +50,6 @@ class DropoutPenalty(nn.Module):
         super().__init__()
         self.scheme = check_scheme(scheme)
 
-    @fx_leaf
     def forward(self, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``structdrop.penalty(weight, features.T, scheme)``.
 
@@ -62,6 +61,10 @@ class DropoutPenalty(nn.Module):
             The penalty, a 0-d tensor (float64 if either input is float64, else float32); a
             0-d meta tensor for meta inputs (shape propagation).
         """
+        if isinstance(features, torch.fx.Proxy) or isinstance(weight, torch.fx.Proxy):
+            node = fx_node(self, weight, features)
+            if node is not None:
+                return node
         return dropout_penalty(weight, features, self.scheme)
 
     def extra_repr(self) -> str:
@@ -71,10 +74,8 @@ class DropoutPenalty(nn.Module):
 def dropout_penalty(weight: torch.Tensor, features: torch.Tensor, scheme: Scheme) -> torch.Tensor:
     """``penalty(weight, features.T, scheme)`` with the features checked; see
     :class:`DropoutPenalty`."""
-    if isinstance(features, torch.fx.Proxy):
-        return features.tracer.create_proxy(
-            "call_function", dropout_penalty, (weight, features, scheme), {}
-        )
+    if isinstance(features, torch.fx.Proxy) or isinstance(weight, torch.fx.Proxy):
+        return fx_node(dropout_penalty, weight, features, scheme)
     features = check.check_features(features)
     if features.is_meta or (isinstance(weight, torch.Tensor) and weight.is_meta):
         # shape propagation: the same formula on meta tensors, no look at the values

@@ -1,8 +1,8 @@
 """What the layers need to run under ``torch.compile``, ``torch.export``, CUDA graphs and
 ``torch.fx``.
 
-Three rules keep every layer traceable by Dynamo with ``fullgraph=True`` and capturable in a
-CUDA graph:
+Three rules keep the layers of mask laws (:mod:`._masks`) traceable by Dynamo with
+``fullgraph=True`` and capturable in a CUDA graph:
 
 * Constants that depend only on shapes and options (characteristic matrices, mask means) are
   computed on the host with NumPy and cached. A traced call must not step into that code (NumPy
@@ -16,11 +16,13 @@ CUDA graph:
   compiler's random number functionalization know how to replay); no value is read back to the
   host and no shape depends on a draw.
 
-DropBlock needs none of this: its mask is one operator (``dropblock/op.py``) whose host
-computations stay outside any graph.
+DropBlock's layers need none of the host constants: their mask is one operator
+(``dropblock/op.py``) whose host computations stay outside any graph; they share the rule on
+generators (:func:`check_traceable_generator`).
 
 Under ``torch.fx.symbolic_trace`` a layer's input checks and control flow need real tensors, so
-each layer is one node of the traced graph (:func:`fx_leaf`, :func:`fx_call`).
+every layer and every function is one node of the traced graph, by one mechanism: its first
+lines record the call as a node when its input is a ``torch.fx.Proxy`` (:func:`fx_node`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,9 @@ import torch.fx
 __all__ = [
     "check_traceable_generator",
     "eager_only",
-    "fx_call",
-    "fx_leaf",
+    "fx_node",
     "host_constant",
     "is_compiling",
-    "module_call",
     "static_sizes",
 ]
 
@@ -110,51 +110,29 @@ def check_traceable_generator(generator: torch.Generator | None) -> None:
         torch._dynamo.graph_break(msg=GENERATOR_MESSAGE)
 
 
-def fx_call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Record ``function`` as one ``call_function`` node of the ``torch.fx`` graph that the
-    proxy among ``args`` and ``kwargs`` belongs to.
+def fx_node(target: Any, *args: Any, **kwargs: Any) -> Any:
+    """The ``torch.fx`` node of one call of ``target`` on ``args`` (among which a proxy), or
+    None for a layer that is the traced module itself.
 
-    A function registered with ``torch.fx.wrap`` is looked up, while a trace runs, as the
-    tracer's patched wrapper; the node records the function that wrapper stands for.
+    A layer (an ``nn.Module``) that is a submodule of the traced module is a ``call_module``
+    node: the traced graph calls the layer, which keeps its training flag, generator and
+    options live (and its input checks and control flow out of the graph). The traced module
+    itself has no path: None, and its ``forward`` goes on with the proxy, down to the
+    function it calls. A function is a ``call_function`` node of itself.
+
+    Every layer and function starts with
+    ``if isinstance(input, torch.fx.Proxy): return fx_node(...)``: an eager call pays one
+    ``isinstance``, nothing more.
     """
-    function = getattr(function, "__wrapped__", function)
     proxy = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy))
-    return proxy.tracer.create_proxy("call_function", function, args, kwargs)
-
-
-def module_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """Under ``torch.fx`` tracing, ``module`` as one ``call_module`` node, else None.
-
-    The traced graph then calls the layer itself, which keeps its training flag, generator and
-    options live (and its input checks and control flow out of the graph). A layer traced as
-    the root module is traced through its functional form instead (None here).
-    """
-    proxy = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.fx.Proxy)), None)
-    if proxy is None:
-        return None
-    try:
-        path = proxy.tracer.path_of_module(module)  # type: ignore[attr-defined]  # fx.Tracer only
-    except NameError:
-        return None
-    if not path:
-        return None
-    kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    return proxy.tracer.create_proxy("call_module", path, args, kwargs)
-
-
-Forward = TypeVar("Forward", bound=Callable[..., Any])
-
-
-def fx_leaf(forward: Forward) -> Forward:
-    """A layer's ``forward`` that is one ``call_module`` node under ``torch.fx`` tracing (see
-    :func:`module_call`); a layer traced as the root module runs ``forward`` on the proxy."""
-
-    @functools.wraps(forward)
-    def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(a, torch.fx.Proxy) for a in args):
-            node = module_call(self, *args, **kwargs)
-            if node is not None:
-                return node
-        return forward(self, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    tracer = proxy.tracer
+    if isinstance(target, torch.nn.Module):
+        try:
+            path = tracer.path_of_module(target)  # type: ignore[attr-defined]  # fx.Tracer only
+        except NameError:
+            return None
+        if not path:
+            return None
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        return tracer.create_proxy("call_module", path, args, kwargs)
+    return tracer.create_proxy("call_function", target, args, kwargs)

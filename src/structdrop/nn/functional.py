@@ -32,7 +32,7 @@ from ..schemes import Scheme, check_scheme
 from ._dropconnect import PerSampleDropConnect, PerSampleDropConnectKept
 from ._masking import work_dtype, zero_output
 from ._masks import draw_masks, is_identity, keep_mask, mean_tensor, sample_masks, width
-from ._tracing import check_traceable_generator, fx_call, is_compiling, static_sizes
+from ._tracing import check_traceable_generator, fx_node, is_compiling, static_sizes
 from .dropblock import (
     drop_block,
     drop_block1d,
@@ -90,11 +90,23 @@ def structured_dropout(
     """
     if isinstance(input, torch.fx.Proxy):
         options = {"training": training, "generator": generator, "inplace": inplace}
-        return fx_call(structured_dropout, (input, scheme), options)
-    input = check.check_float_tensor(input, "input")
+        return fx_node(structured_dropout, input, scheme, **options)
     scheme = check_scheme(scheme)
     check.check_law_on_units(scheme, "structured_dropout")
     generator = check.check_generator(generator)
+    return masked_units(input, scheme, training, generator, inplace)
+
+
+def masked_units(
+    input: torch.Tensor,
+    scheme: Scheme,
+    training: bool,
+    generator: torch.Generator | None,
+    inplace: bool,
+) -> torch.Tensor:
+    """:func:`structured_dropout` with the law and the generator already validated (a layer
+    validates them once): only the input is checked."""
+    input = check.check_float_tensor(input, "input")
     check.check_units_axis(input)
     if not training or is_identity(scheme):
         return input
@@ -142,12 +154,27 @@ def block_dropout(
     """
     if isinstance(input, torch.fx.Proxy):
         options = {"dim": dim, "training": training, "inplace": inplace, "generator": generator}
-        return fx_call(block_dropout, (input, p, block_size), options)
-    input = check.check_float_tensor(input, "input")
+        return fx_node(block_dropout, input, p, block_size, **options)
     p = check.check_drop_rate(p)
     r = check.check_block_size(block_size)
-    dim = check.check_dim(dim, input.ndim)
+    dim = check.check_integer(dim, "dim")
     generator = check.check_generator(generator)
+    return masked_blocks(input, p, r, dim, training, bool(inplace), generator)
+
+
+def masked_blocks(
+    input: torch.Tensor,
+    p: float,
+    r: int,
+    dim: int,
+    training: bool,
+    inplace: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`block_dropout` with its options already validated (a layer validates them
+    once): only the input is checked against them."""
+    input = check.check_float_tensor(input, "input")
+    dim = check.check_dim(dim, input.ndim)
     check.check_block_divides_axis(r, input, dim)
     if not training or p == 0.0:
         return input
@@ -231,12 +258,28 @@ def dropconnect_linear(
             "generator": generator,
             "chunk_size": chunk_size,
         }
-        return fx_call(dropconnect_linear, (input, weight, bias, p), options)
-    input, weight, bias = check.check_linear_operands(input, weight, bias)
+        return fx_node(dropconnect_linear, input, weight, bias, p, **options)
+    _, weight, bias = check.check_linear_operands(input, weight, bias)
     p = check.check_drop_rate(p)
     generator = check.check_generator(generator)
     if chunk_size is not None:
         chunk_size = check.check_positive_int(chunk_size, "chunk_size")
+    return masked_linear(input, weight, bias, p, bool(per_sample), training, generator, chunk_size)
+
+
+def masked_linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    p: float,
+    per_sample: bool,
+    training: bool,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """:func:`dropconnect_linear` with its weights and options already validated (a layer
+    validates them once): only the input is checked against the weights."""
+    input = check.check_linear_input(input, weight)
     if not training or p == 0.0:
         return torch_functional.linear(input, weight, bias)
     if input.is_meta or weight.is_meta:  # shape propagation: the output of a linear map

@@ -10,11 +10,16 @@ without a host sync (CUDA graphs capture it after a warm-up call). Under
 ``torch.fx.symbolic_trace`` every layer is one ``call_module`` node (the traced graph calls the
 layer, so ``train()``/``eval()`` still switch it); a layer traced on its own is one
 ``call_function`` node of its functional form (DropBlock's: ``dropblock.drop_block_masked``).
+
+Each layer validates its options once: when it is made, and when one is set (a property that
+checks the new value); ``forward`` checks only its input, and calls the functional form's
+unchecked core.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 from torch import nn
@@ -22,9 +27,16 @@ from torch import nn
 from .. import _validation as check
 from ..schemes import Scheme, check_scheme
 from ._penalty import DropoutPenalty
-from ._tracing import fx_leaf
+from ._tracing import fx_node
 from .dropblock import DropBlockOptions, drop_block_masked
-from .functional import block_dropout, dropconnect_linear, structured_dropout
+from .functional import (
+    block_dropout,
+    dropconnect_linear,
+    masked_blocks,
+    masked_linear,
+    masked_units,
+    structured_dropout,
+)
 
 __all__ = [
     "BlockDropout",
@@ -35,6 +47,47 @@ __all__ = [
     "DropoutPenalty",
     "StructuredDropout",
 ]
+
+
+T = TypeVar("T")
+
+
+class _Option(Generic[T]):
+    """An option of a layer, checked once, when it is set (at construction or later), so that
+    ``forward`` trusts it: the checked value is kept in ``_<name>``, which ``forward`` reads.
+
+    Args:
+        check: returns the value checked (and normalized), or raises naming it.
+        doc: what the option is.
+    """
+
+    def __init__(self, check: Callable[[Any], T], doc: str) -> None:
+        self.check = check
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = f"_{name}"
+
+    @overload
+    def __get__(self, layer: None, owner: type | None = None) -> _Option[T]: ...
+    @overload
+    def __get__(self, layer: object, owner: type | None = None) -> T: ...
+    def __get__(self, layer: object | None, owner: type | None = None) -> Any:
+        return self if layer is None else getattr(layer, self.attribute)
+
+    def __set__(self, layer: object, value: Any) -> None:
+        setattr(layer, self.attribute, self.check(value))
+
+
+def _generator_option(on: str) -> _Option[torch.Generator | None]:
+    return _Option(check.check_generator, f"A ``torch.Generator`` on the {on}'s device, or None.")
+
+
+def _unit_law(scheme: Any) -> Scheme:
+    """A mask law on units (not DropConnect's, on a weight's entries)."""
+    scheme = check_scheme(scheme)
+    check.check_law_on_units(scheme, "StructuredDropout")
+    return scheme
 
 
 class BlockDropout(nn.Module):
@@ -57,6 +110,18 @@ class BlockDropout(nn.Module):
         Input: any shape with ``input.shape[dim] % block_size == 0``. Output: the same.
     """
 
+    p = _Option(check.check_drop_rate, "The drop probability of each block, in [0, 1].")
+    block_size = _Option(check.check_block_size, "The units per block, >= 1.")
+    dim = _Option(
+        lambda value: check.check_integer(value, "dim"),
+        "The feature axis (checked against the input's rank in ``forward``).",
+    )
+    generator = _generator_option("input")
+    _p: float
+    _block_size: int
+    _dim: int
+    _generator: torch.Generator | None
+
     def __init__(
         self,
         p: float,
@@ -66,25 +131,28 @@ class BlockDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.p = check.check_drop_rate(p)
-        self.block_size = check.check_block_size(block_size)
-        self.dim = check.check_integer(dim, "dim")
+        self.p = p
+        self.block_size = block_size
+        self.dim = dim
         self.inplace = bool(inplace)
-        self.generator = check.check_generator(generator)
+        self.generator = generator
 
-    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
-        return block_dropout(
-            input,
-            self.p,
-            self.block_size,
-            dim=self.dim,
-            training=self.training,
-            inplace=self.inplace,
-            generator=generator if generator is not None else self.generator,
+        if isinstance(input, torch.fx.Proxy):  # one node: the layer's, or the function's
+            node = fx_node(self, input, generator)
+            if node is not None:
+                return node
+            options = {"dim": self._dim, "training": self.training, "inplace": self.inplace}
+            return block_dropout(input, self._p, self._block_size, **options, generator=generator)
+        if generator is None:
+            generator = self._generator
+        else:
+            check.check_generator(generator)
+        return masked_blocks(
+            input, self._p, self._block_size, self._dim, self.training, self.inplace, generator
         )
 
     def extra_repr(self) -> str:
@@ -102,6 +170,8 @@ class _DropBlockNd(nn.Module):
 
     _spatial_dims: int = 0
     _rate: torch.Tensor  # set with p
+    generator = _generator_option("input")
+    _generator: torch.Generator | None
 
     def __init__(
         self,
@@ -132,7 +202,7 @@ class _DropBlockNd(nn.Module):
             batchwise=batchwise,
             method=method,
         )
-        self.generator = check.check_generator(generator)
+        self.generator = generator
 
     @property
     def p(self) -> float:
@@ -159,12 +229,18 @@ class _DropBlockNd(nn.Module):
         else:  # a plain attribute, not a buffer: it stays on the CPU and out of state_dict
             self._rate = torch.tensor([p], dtype=torch.float64, device="cpu")
 
-    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Drop blocks in training mode; return ``input`` itself in eval mode or when p = 0."""
-        generator = generator if generator is not None else self.generator
+        if isinstance(input, torch.fx.Proxy):  # one node: the layer's, or the function's
+            node = fx_node(self, input, generator)
+            if node is not None:
+                return node
+        elif generator is None:
+            generator = self._generator
+        else:
+            check.check_generator(generator)
         return drop_block_masked(input, self._rate, self.options, self.training, generator)
 
     def extra_repr(self) -> str:
@@ -191,9 +267,7 @@ def _option(name: str) -> property:
         return getattr(self.options, name)
 
     def set(self: _DropBlockNd, value: Any) -> None:
-        values = {**self.options._asdict(), name: value}
-        del values["spatial_dims"]
-        self.options = DropBlockOptions.make(spatial_dims=self._spatial_dims, **values)
+        self.options = self.options.replaced(**{name: value})
 
     return property(get, set, doc=f"The option ``{name}`` (see :attr:`options`).")
 
@@ -279,6 +353,16 @@ class DropConnectLinear(nn.Linear):
         dtype: dtype of the parameters.
     """
 
+    p = _Option(check.check_drop_rate, "The drop probability of each weight, in [0, 1].")
+    chunk_size = _Option(
+        lambda value: None if value is None else check.check_positive_int(value, "chunk_size"),
+        "Samples per chunk for ``per_sample``, or None.",
+    )
+    generator = _generator_option("weight")
+    _p: float
+    _chunk_size: int | None
+    _generator: torch.Generator | None
+
     def __init__(
         self,
         in_features: int,
@@ -294,28 +378,31 @@ class DropConnectLinear(nn.Linear):
         in_features = check.check_positive_int(in_features, "in_features")
         out_features = check.check_positive_int(out_features, "out_features")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.p = check.check_drop_rate(p)
+        self.p = p
         self.per_sample = bool(per_sample)
-        self.chunk_size = (
-            None if chunk_size is None else check.check_positive_int(chunk_size, "chunk_size")
-        )
-        self.generator = check.check_generator(generator)
+        self.chunk_size = chunk_size
+        self.generator = generator
 
-    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """The masked linear map in training mode, ``nn.Linear``'s otherwise."""
-        return dropconnect_linear(
-            input,
-            self.weight,
-            self.bias,
-            self.p,
-            per_sample=self.per_sample,
-            training=self.training,
-            generator=generator if generator is not None else self.generator,
-            chunk_size=self.chunk_size,
-        )
+        if isinstance(input, torch.fx.Proxy):  # one node: the layer's, or the function's
+            node = fx_node(self, input, generator)
+            if node is not None:
+                return node
+            return dropconnect_linear(
+                input, self.weight, self.bias, self._p, per_sample=self.per_sample,
+                training=self.training, generator=generator, chunk_size=self._chunk_size,
+            )  # fmt: skip
+        if generator is None:
+            generator = self._generator
+        else:
+            check.check_generator(generator)
+        return masked_linear(
+            input, self.weight, self.bias, self._p, self.per_sample, self.training, generator,
+            self._chunk_size,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f", p={self.p}"
@@ -346,6 +433,11 @@ class StructuredDropout(nn.Module):
         Input: ``(..., d)``, d a width the scheme accepts. Output: the same.
     """
 
+    scheme = _Option(_unit_law, "The mask law on the units.")
+    generator = _generator_option("input")
+    _scheme: Scheme
+    _generator: torch.Generator | None
+
     def __init__(
         self,
         scheme: Scheme,
@@ -353,27 +445,25 @@ class StructuredDropout(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.scheme = check_scheme(scheme)
-        check.check_law_on_units(scheme, "StructuredDropout")
+        self.scheme = scheme
         self.inplace = bool(inplace)
-        self.generator = check.check_generator(generator)
+        self.generator = generator
 
-    @fx_leaf
     def forward(
         self, input: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Masked and rescaled features in training mode; ``input`` itself in eval mode."""
-        return structured_dropout(
-            input,
-            self.scheme,
-            training=self.training,
-            generator=generator if generator is not None else self.generator,
-            inplace=self.inplace,
-        )
+        if isinstance(input, torch.fx.Proxy):  # one node: the layer's, or the function's
+            node = fx_node(self, input, generator)
+            if node is not None:
+                return node
+            options = {"training": self.training, "inplace": self.inplace}
+            return structured_dropout(input, self._scheme, **options, generator=generator)
+        if generator is None:
+            generator = self._generator
+        else:
+            check.check_generator(generator)
+        return masked_units(input, self._scheme, self.training, generator, self.inplace)
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}" + (", inplace=True" if self.inplace else "")
-
-
-# Under torch.fx, a DropBlock layer traced as the root module is one call_function node.
-torch.fx.wrap("drop_block_masked")

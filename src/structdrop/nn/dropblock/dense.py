@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as torch_functional
 from torch import Tensor
 
-from .._masking import batch_scaled
-from .rates import Geometry
+from .._masking import batch_scaled, work_dtype
+from .rates import Draw, Geometry
 
-__all__ = ["drop_block_dense", "hits_by_pooling", "hits_by_shifts"]
+__all__ = ["JOINT_POOL_LIMIT", "drop_block_dense", "hits_by_pooling", "hits_by_shifts"]
 
-# The eager path max-pools all axes at once up to this block volume, else axis by axis.
-_JOINT_POOL_LIMIT = 64
+#: The eager path max-pools all axes at once up to this block volume, else axis by axis.
+JOINT_POOL_LIMIT = 64
 
 _POOLS = {1: torch_functional.max_pool1d, 2: torch_functional.max_pool2d}
 _POOLS[3] = torch_functional.max_pool3d
@@ -50,7 +50,7 @@ def hits_by_pooling(drops: Tensor, geometry: Geometry) -> Tensor:
     if any(flat):
         drops = torch_functional.pad(drops, flat)
     pool = _POOLS[len(kernels)]
-    if math.prod(kernels) <= _JOINT_POOL_LIMIT:
+    if math.prod(kernels) <= JOINT_POOL_LIMIT:
         return pool(drops, kernels, stride=1, padding=inner)
     ndim = len(kernels)
     for axis in range(ndim):  # a box maximum is the maximum of per-axis maxima
@@ -78,33 +78,26 @@ def hits_by_shifts(drops: Tensor, geometry: Geometry) -> Tensor:
     return hits
 
 
-def drop_block_dense(
-    input: Tensor,
-    shape: tuple[int, ...],
-    geometry: Geometry,
-    gamma: float,
-    inverse: Tensor,
-    scale: str,
-    eps: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """``input`` times a dense-drawn mask of ``shape = (B0, B1, *spatial)``: Bernoulli(gamma)
-    on the ``(B0, B1, *candidates)`` grid, expanded to the units its windows cover; then
-    ``z / mu`` (``scale="expected"``, with ``inverse = 1 / mu``) or ``z`` times its size over
-    its sum plus ``eps``. The draws and the mask are in the input's dtype (float32 for half
-    types); the product is computed in the mask's dtype and rounded once into the output."""
+def drop_block_dense(input: Tensor, draw: Draw, generator: torch.Generator | None) -> Tensor:
+    """``input`` times a dense-drawn mask: Bernoulli(gamma) on the ``(B0, B1, *candidates)``
+    grid (one mask per sample and channel, or 1 where it is shared), expanded to the units its
+    windows cover; then ``z / mu`` (``scale="expected"``) or ``z`` times its size over its sum
+    plus ``eps``. The draws and the mask are in the input's dtype (float32 for half types); the
+    product is computed in the mask's dtype and rounded once into the output."""
+    geometry, options = draw.geometry, draw.options
+    shape = draw.mask_shape(tuple(input.shape))
     grid = (shape[0], shape[1], *geometry.candidates)
-    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    dtype = work_dtype(input.dtype)
     drops = torch.empty(grid, dtype=dtype, device=input.device)
-    drops.bernoulli_(gamma, generator=generator)
+    drops.bernoulli_(draw.gamma, generator=generator)
     if len(geometry.spatial) > 3:
         hits = hits_by_shifts(drops.to(torch.uint8), geometry).to(dtype)
     else:
         hits = hits_by_pooling(drops, geometry)
     keep = hits.neg_().add_(1.0)
-    if scale == "expected":
-        mask = keep.mul_(inverse)
+    if options.scale == "expected":
+        mask = keep.mul_(draw.inverse)
     else:
-        mask = batch_scaled(keep, eps, input.dtype)
+        mask = batch_scaled(keep, options.eps, input.dtype)
     # a float32 mask times a half-precision input, rounded once (as on the sparse sampler)
     return torch.mul(input, mask, out=torch.empty_like(input))

@@ -30,7 +30,7 @@ import torch.fx
 from torch import Tensor
 
 from ... import _validation as check
-from .._tracing import fx_call
+from .._tracing import fx_node
 from .op import drop_block_masked
 from .options import BOUNDARIES, GAMMA_RULES, OPTION_NAMES, DropBlockOptions
 from .rates import gamma_for, keep_prob
@@ -138,39 +138,23 @@ def drop_block(
 ) -> Tensor:
     """Sliding DropBlock (Ghiasi et al., 2018) on ``(N, C, *spatial)`` input, exact per unit.
 
-    Every candidate window (see :mod:`.rates` for ``boundary``) is dropped independently
-    with probability ``gamma``; unit ``i`` is kept with probability ``mu_i = (1 - gamma)^{n_i}``
-    and, with ``scale="expected"``, multiplied by ``1 / mu_i``, so ``E[output] = input`` per
-    unit (docs/theory.md#sliding-dropblock: existing layers scale by the batch's kept
-    fraction, which is biased at the borders and couples samples).
+    Every candidate window is dropped independently with probability ``gamma``; unit ``i`` is
+    kept with probability ``mu_i = (1 - gamma)^{n_i}`` and, with ``scale="expected"``,
+    multiplied by ``1 / mu_i``, so ``E[output] = input`` per unit (docs/theory.md#sliding-dropblock:
+    existing layers scale by the batch's kept fraction, which is biased at the borders and
+    couples samples).
 
     The first six arguments are torchvision's ``drop_block2d(input, p, block_size, inplace,
-    eps, training)``; everything else is keyword-only.
+    eps, training)``; everything else is keyword-only. The options (``block_size``,
+    ``inplace``, ``eps``, ``boundary``, ``gamma``, ``scale``, ``shared_channels``,
+    ``batchwise``, ``method``) are those of :class:`.options.DropBlockOptions`, where each is
+    described.
 
     Args:
         input: a floating point tensor of shape ``(N, C, *spatial)``, one or more spatial axes.
         p: drop probability, in [0, 1]. ``p = 0`` returns ``input`` itself; ``p = 1`` returns
             zeros (``input * 0``, as ``F.dropout``).
-        block_size: block extent ``r >= 1``, an int or one int per spatial axis; even sizes and
-            blocks larger than the map are allowed.
-        inplace: multiply ``input`` in place and return it.
-        eps: added to the number of kept units by ``scale="batch"`` (torchvision's ``eps``);
-            unused by the default ``scale="expected"``, which divides by exact keep
-            probabilities.
         training: apply DropBlock; when False, ``input`` itself is returned.
-        boundary: ``"valid"`` (windows inside the map, as torchvision and TensorFlow) or
-            ``"clipped"`` (a window centred at every unit, clipped at the borders, as timm).
-        gamma: ``"mean"`` (the mean drop rate over the map is exactly p), ``"interior"`` (the
-            most covered units drop with rate exactly p), ``"ghiasi"`` (the published
-            approximation, for parity) or a window drop probability in [0, 1); see
-            :func:`window_drop_prob`.
-        scale: ``"expected"`` (divide unit i by mu_i) or ``"batch"`` (multiply by the mask's
-            size over its number of kept units plus ``eps``, summed in float32, as
-            torchvision and timm; zeros when every unit is dropped).
-        shared_channels: one mask per sample, shared by all channels.
-        batchwise: one mask for the whole batch, shared by all samples.
-        method: ``"auto"`` (the sparse sampler on a CPU, the dense one elsewhere),
-            ``"sparse"`` or ``"dense"``. Both draw the same law (see the module docstring).
         generator: a ``torch.Generator`` that seeds the mask (not under ``torch.compile``,
             which cannot trace one); torch's default generator when None.
 
@@ -182,20 +166,21 @@ def drop_block(
         TypeError: ``input`` is not a floating point tensor, or an argument has a wrong type.
         ValueError: an argument is out of range (the message names it and its value).
     """
-    return _drop_block(drop_block, None, locals())
+    return _call(drop_block, None, locals())
 
 
-def _drop_block(
+def _call(
     function: Callable[..., Tensor], spatial_dims: int | None, arguments: dict[str, Any]
 ) -> Tensor:
     """``function`` (``drop_block`` or one of its N-d forms) on its bound ``arguments``: one
-    ``torch.fx`` node under symbolic tracing; else the options validated, then the operator."""
+    ``torch.fx`` node under symbolic tracing; else the options validated, then the masks."""
     input, p, block_size = arguments["input"], arguments["p"], arguments["block_size"]
     options = {name: arguments[name] for name in OPTION_NAMES}
     training, generator = arguments["training"], arguments["generator"]
     if isinstance(input, torch.fx.Proxy):
-        calls = {**options, "training": training, "generator": generator}
-        return fx_call(function, (input, p, block_size), calls)
+        return fx_node(
+            function, input, p, block_size, **options, training=training, generator=generator
+        )
     spec = DropBlockOptions.make(block_size, spatial_dims, **options)
     p = check.check_drop_rate(p)
     generator = check.check_generator(generator)
@@ -213,7 +198,7 @@ def _with_spatial_dims(spatial_dims: int, name: str, doc: str) -> Callable[..., 
     def function(*args: Any, **kwargs: Any) -> Tensor:
         bound = _SIGNATURE.bind(*args, **kwargs)
         bound.apply_defaults()
-        return _drop_block(function, spatial_dims, bound.arguments)
+        return _call(function, spatial_dims, bound.arguments)
 
     function.__name__ = function.__qualname__ = name
     function.__doc__ = doc
@@ -222,55 +207,40 @@ def _with_spatial_dims(spatial_dims: int, name: str, doc: str) -> Callable[..., 
     return function
 
 
-_ND_ARGS = """Args:
-        input: a floating point tensor of shape ``{shape}``.
-        p: drop probability, in [0, 1] (1 gives zeros, as ``F.dropout``).
-        block_size: block extent, an int or one int per spatial axis.
-        inplace: multiply the input in place (torchvision's third positional argument).
-        eps: used by ``scale="batch"`` only, as torchvision's; see :func:`drop_block`.
-        training: apply DropBlock; when False, ``input`` itself is returned.
-
-    The keyword-only arguments ``boundary``, ``gamma``, ``scale``, ``shared_channels``,
-    ``batchwise``, ``method`` and ``generator`` are those of :func:`drop_block`.
-
-    Returns:
-        A tensor of the input's shape, dtype, device and memory format."""
-
+_ND_DOC = """Sliding DropBlock on ``{shape}`` input (Ghiasi et al., 2018;
+    docs/theory.md#sliding-dropblock), exact per-unit keep probabilities and unbiased scaling by
+    default{extra}. :func:`drop_block` on {kind} maps: the same arguments (the first six are
+    torchvision's ``drop_block{n}d(input, p, block_size, inplace, eps, training)``), an input of
+    another rank is a ValueError.
+    """
 
 drop_block1d = _with_spatial_dims(
     1,
     "drop_block1d",
-    f"""Sliding DropBlock on ``(N, C, L)`` input (Ghiasi et al. 2018;
-    docs/theory.md#sliding-dropblock): the masks of
-    ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel, scaled by the exact inverse
-    keep probabilities.
-
-    {_ND_ARGS.format(shape="(N, C, L)")}
-    """,
+    _ND_DOC.format(
+        shape="(N, C, L)",
+        kind="1-D",
+        n=1,
+        extra=": the masks of ``structdrop.SlidingBlock(p, r, boundary, gamma)`` per channel",
+    ),
 )
 drop_block2d = _with_spatial_dims(
     2,
     "drop_block2d",
-    f"""Sliding DropBlock on ``(N, C, H, W)`` input (Ghiasi et al., 2018;
-    docs/theory.md#sliding-dropblock), exact per-unit keep probabilities and unbiased scaling by
-    default. A drop-in for ``torchvision.ops.drop_block2d`` (same first six arguments).
-
-    {_ND_ARGS.format(shape="(N, C, H, W)")}
-    """,
+    _ND_DOC.format(
+        shape="(N, C, H, W)",
+        kind="2-D",
+        n=2,
+        extra="; a drop-in for ``torchvision.ops.drop_block2d``",
+    ),
 )
 drop_block3d = _with_spatial_dims(
     3,
     "drop_block3d",
-    f"""Sliding DropBlock on ``(N, C, D, H, W)`` input (Ghiasi et al., 2018;
-    docs/theory.md#sliding-dropblock), exact per-unit keep probabilities and unbiased scaling by
-    default. A drop-in for ``torchvision.ops.drop_block3d`` (same first six arguments).
-
-    {_ND_ARGS.format(shape="(N, C, D, H, W)")}
-    """,
+    _ND_DOC.format(
+        shape="(N, C, D, H, W)",
+        kind="3-D",
+        n=3,
+        extra="; a drop-in for ``torchvision.ops.drop_block3d``",
+    ),
 )
-
-# Leaf functions for torch.fx: their shapes depend on the random draws.
-torch.fx.wrap("drop_block")
-torch.fx.wrap("drop_block1d")
-torch.fx.wrap("drop_block2d")
-torch.fx.wrap("drop_block3d")

@@ -11,9 +11,13 @@ In 1-D these are the windows of :func:`structdrop.schemes.window_incidence`. Eve
 window is dropped with probability ``gamma``; unit ``i``, covered by ``n_i`` windows, is kept
 with probability ``mu_i = (1 - gamma)^{n_i}`` (docs/theory.md#sliding-dropblock). The rules
 that turn a drop rate ``p`` into ``gamma`` are described in
-:func:`structdrop.nn.functional.window_drop_prob`. Everything here runs on the host, in float64
-with NumPy, once per configuration (cached), from validated arguments; the mask operator
-(:mod:`.op`) calls it outside any traced graph.
+:func:`structdrop.nn.functional.window_drop_prob`.
+
+The windows, their counts and gamma are computed on the host, in float64 with NumPy, once per
+configuration (cached); ``1 / mu`` is computed on the input's device from the uploaded counts
+(no upload for a new ``gamma``). :func:`plan` gathers what a sampler needs for one input,
+cached per options, map, rate, device and dtype. The mask operator (:mod:`.op`) calls all of it
+outside any traced graph, from validated arguments.
 """
 
 from __future__ import annotations
@@ -27,16 +31,18 @@ import torch
 from torch import Tensor
 
 from .._masking import exact_dtype, work_dtype
+from .options import DropBlockOptions
 
 __all__ = [
+    "Draw",
     "Geometry",
     "count_histogram",
     "gamma_for",
     "geometry",
     "inverse_keep_prob",
     "keep_prob",
+    "plan",
     "window_counts",
-    "window_gamma",
 ]
 
 
@@ -159,15 +165,6 @@ def gamma_for(
     return _ghiasi_rule(p, spatial, block)
 
 
-def window_gamma(
-    p: float, spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, rule: str | float
-) -> float:
-    """``gamma`` of a rule, or the rule itself when it is a number (eager calls)."""
-    if isinstance(rule, float):
-        return rule
-    return gamma_for(p, spatial, block, boundary, rule)
-
-
 @functools.lru_cache(maxsize=128)
 def keep_prob(
     spatial: tuple[int, ...], block: tuple[int, ...], boundary: str, gamma: float
@@ -206,3 +203,44 @@ def inverse_keep_prob(
     mu = torch.exp(counts * math.log1p(-gamma))  # on the device: no upload for a new gamma
     inverse = torch.where(mu > 0, 1.0 / mu.clamp_min(torch.finfo(mu.dtype).tiny), 0.0)
     return inverse.clamp_max(torch.finfo(dtype).max).to(work_dtype(dtype))
+
+
+class Draw(NamedTuple):
+    """What a sampler needs to draw the masks of one input (see :func:`plan`).
+
+    Attributes:
+        geometry: the candidate windows.
+        gamma: the probability with which each window is dropped.
+        inverse: ``1 / mu`` on the input's device (see :func:`inverse_keep_prob`).
+        options: the layer's options (the scale, the masks shared by channels or batch).
+    """
+
+    geometry: Geometry
+    gamma: float
+    inverse: Tensor
+    options: DropBlockOptions
+
+    def mask_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``(B0, B1, *spatial)``: one mask per sample and channel, or 1 where it is shared."""
+        n, c, *spatial = input_shape
+        options = self.options
+        return (1 if options.batchwise else n, 1 if options.shared_channels else c, *spatial)
+
+
+@functools.lru_cache(maxsize=256)
+def plan(
+    options: DropBlockOptions,
+    spatial: tuple[int, ...],
+    p: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Draw:
+    """The :class:`Draw` of inputs of spatial shape ``spatial``, device and dtype at drop rate
+    ``p`` in (0, 1) (cached: a call with a configuration seen before runs no Python)."""
+    block = options.blocks(len(spatial))
+    rule = options.gamma
+    gamma = (
+        rule if not isinstance(rule, str) else gamma_for(p, spatial, block, options.boundary, rule)
+    )
+    inverse = inverse_keep_prob(spatial, block, options.boundary, gamma, device, dtype)
+    return Draw(geometry(spatial, block, options.boundary), gamma, inverse, options)

@@ -1,11 +1,16 @@
 """The sparse DropBlock sampler (CPUs): only the dropped windows are drawn.
 
 The dropped windows form a Bernoulli(``gamma``) process over the flattened candidate positions,
-drawn through its geometric gaps, and the units of each dropped window are set to zero by index
-arithmetic, in the output itself when every unit has its own mask. Its work is proportional to
-the number of dropped windows, about ``gamma`` of the candidates. It reads the number of dropped
-windows back to the host, which costs nothing on a CPU; the mask operator (:mod:`.op`) runs it
-outside any traced graph, so a compiled model on a CPU runs it too.
+drawn through its geometric gaps (:func:`dropped_positions`), and the units of each dropped
+window are set to zero by index arithmetic, in the output itself when every unit has its own
+mask (:func:`multiply`). Its work is proportional to the number of dropped windows, about
+``gamma`` of the candidates. It reads the number of dropped windows back to the host, which
+costs nothing on a CPU; the mask operator (:mod:`.op`) runs it outside any traced graph, so a
+compiled model on a CPU runs it too.
+
+The positions of the dropped windows are the whole draw: a few per cent of the candidates
+(8 bytes each), never an input-sized mask. An eager call keeps them for its backward pass,
+which applies the same mask to the gradient without drawing again.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import torch
 from torch import Tensor
 
 from .._masking import batch_scaled, work_dtype
-from .rates import Geometry
+from .rates import Draw, Geometry
 
-__all__ = ["drop_block_sparse", "dropped_positions", "window_units"]
+__all__ = ["TABLE_LIMIT", "drop_block_sparse", "dropped_positions", "multiply", "window_units"]
 
-# Windows of a configuration are looked up in a table of (candidates x block volume) int32
-# unit indices when it holds at most this many entries, else computed per draw.
-_TABLE_LIMIT = 1 << 22
+#: Windows of a configuration are looked up in a table of (candidates x block volume) int32
+#: unit indices when it holds at most this many entries, else computed per draw.
+TABLE_LIMIT = 1 << 22
 
 
 def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
@@ -33,14 +38,6 @@ def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
         strides.append(stride)
         stride *= n
     return tuple(reversed(strides))
-
-
-def _output_strides(input: Tensor) -> tuple[int, ...]:
-    """The strides of ``torch.empty_like(input)``: the input's own when it is dense and
-    non-overlapping (channels_last, channels_last_3d, ...), else contiguous."""
-    if input.is_contiguous():
-        return _contiguous_strides(input.shape)
-    return tuple(torch.empty_like(input, device="meta").stride())
 
 
 def window_units(rem: Tensor, geometry: Geometry, strides: tuple[int, ...] | None = None) -> Tensor:
@@ -80,26 +77,27 @@ def _window_table(
     return table.to(torch.int32) if fits else table
 
 
-def _chunk_size(total: int, gamma: float) -> int:
-    """Gaps drawn per round: the expected number of windows plus six standard deviations."""
-    mean = total * gamma
-    return int(mean + 6.0 * math.sqrt(mean * (1.0 - gamma)) + 16.0)
-
-
 def dropped_positions(
-    total: int, gamma: float, device: torch.device, generator: torch.Generator | None
+    total: int,
+    gamma: float,
+    device: torch.device,
+    generator: torch.Generator | None,
+    chunk: int | None = None,
 ) -> Tensor:
     """Sorted positions in ``range(total)``, each present independently with probability gamma.
 
     Draws the Bernoulli process exactly through its gaps: ``gap - 1`` is geometric with
     ``P(gap - 1 >= k) = (1 - gamma)^k``, i.e. ``floor(log(U) / log(1 - gamma))`` for ``U``
-    uniform on (0, 1). Enough gaps to pass ``total`` are drawn up front; in the rare event
-    that they do not, more are drawn.
+    uniform on (0, 1). ``chunk`` gaps are drawn per round (by default the expected number of
+    windows plus six standard deviations, so that one round almost always passes ``total``);
+    as many rounds follow as it takes.
     """
     if gamma <= 0.0 or total == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
     log_q = math.log1p(-gamma)
-    chunk = _chunk_size(total, gamma)
+    if chunk is None:
+        mean = total * gamma
+        chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - gamma)) + 16.0)
     tiny = torch.finfo(torch.float64).tiny
     ends: list[Tensor] = []
     last = 0.0
@@ -121,22 +119,19 @@ def dropped_positions(
 def _dropped_units(
     shape: tuple[int, ...],
     geometry: Geometry,
-    gamma: float,
-    device: torch.device,
-    generator: torch.Generator | None,
+    positions: Tensor,
     strides: tuple[int, ...] | None = None,
 ) -> Tensor:
     """Storage offsets (into a dense tensor of ``shape = (B0, B1, *spatial)`` with ``strides``,
-    contiguous by default) of the units covered by the dropped windows, with repeats, int64."""
-    planes = shape[0] * shape[1]
+    or contiguous when None) of the units covered by the dropped windows at ``positions`` (flat
+    indices over the planes' candidates), with repeats, int64."""
     per_plane = math.prod(geometry.candidates)
-    contiguous = strides is None or strides == _contiguous_strides(shape)
-    spatial_strides = None if contiguous or strides is None else strides[2:]
-    positions = dropped_positions(planes * per_plane, gamma, device, generator)
-    plane = positions // per_plane
-    rem = positions % per_plane
-    if per_plane * math.prod(geometry.extents) <= _TABLE_LIMIT:
-        units = _window_table(geometry, device, spatial_strides)[rem]
+    contiguous = strides is None
+    spatial_strides = None if strides is None else strides[2:]
+    plane = positions.div(per_plane, rounding_mode="floor")
+    rem = positions - plane * per_plane
+    if per_plane * math.prod(geometry.extents) <= TABLE_LIMIT:
+        units = _window_table(geometry, positions.device, spatial_strides).index_select(0, rem)
     else:
         units = window_units(rem, geometry, spatial_strides)
     if contiguous:
@@ -146,25 +141,6 @@ def _dropped_units(
         base = plane.div(shape[1], rounding_mode="floor") * strides[0]
         base += (plane % shape[1]) * strides[1]
     return (units + base[:, None]).view(-1)
-
-
-def _block_mask(
-    shape: tuple[int, ...],
-    geometry: Geometry,
-    gamma: float,
-    init: Tensor | None,
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """A mask of ``shape = (B0, B1, *spatial)``: ``init`` (broadcast over the planes; ones when
-    None) with every unit covered by a dropped window set to zero."""
-    if init is None:
-        mask = torch.ones(shape, dtype=dtype, device=device)
-    else:
-        mask = init.expand(shape).contiguous()
-    index = _dropped_units(shape, geometry, gamma, device, generator)
-    return mask.view(-1).index_fill_(0, index, 0).view(shape)
 
 
 def _scale_and_fill(
@@ -187,29 +163,49 @@ def _scale_and_fill(
     return output
 
 
-def drop_block_sparse(
-    input: Tensor,
-    shape: tuple[int, ...],
-    geometry: Geometry,
-    gamma: float,
-    inverse: Tensor,
-    scale: str,
-    eps: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """``input`` times a sparse-drawn mask of ``shape = (B0, B1, *spatial)`` (broadcast over
-    the batch and channel axes where they are 1), scaled by ``inverse`` (``1 / mu``,
-    ``scale="expected"``) or by the mask's size over its kept units plus ``eps``; the output is
-    laid out as ``torch.empty_like(input)``."""
-    strides = _output_strides(input)
-    if scale == "expected" and shape == tuple(input.shape):
+def multiply(input: Tensor, draw: Draw, positions: Tensor) -> Tensor:
+    """``input`` times the mask whose dropped windows are at ``positions``: zero where a
+    dropped window covers a unit, else ``1 / mu`` (``scale="expected"``) or the mask's size over
+    its kept units plus ``eps``; the mask is broadcast over the batch and channel axes where it
+    is shared, and the output laid out as ``torch.empty_like(input)``. The forward pass and the
+    backward pass (on the gradient) of one draw."""
+    options = draw.options
+    n, c, *spatial = input.shape
+    shape = (1 if options.batchwise else n, 1 if options.shared_channels else c, *spatial)
+    contiguous = input.is_contiguous()  # else: laid out as empty_like (channels_last, ...)
+    strides = (
+        _contiguous_strides(input.shape)
+        if contiguous
+        else tuple(torch.empty_like(input, device="meta").stride())
+    )
+    if options.scale == "expected" and shape == tuple(input.shape):
         # one mask per unit: scale and zero the output directly, no full-size mask
-        index = _dropped_units(shape, geometry, gamma, input.device, generator, strides)
-        return _scale_and_fill(input, inverse, index, strides)
-    init = inverse if scale == "expected" else None
+        layout = None if contiguous else strides
+        index = _dropped_units(shape, draw.geometry, positions, layout)
+        return _scale_and_fill(input, draw.inverse, index, strides)
     dtype = work_dtype(input.dtype)  # a half-precision output is rounded once, in the product
-    mask = _block_mask(shape, geometry, gamma, init, dtype, input.device, generator)
-    if scale == "batch":
-        mask = batch_scaled(mask, eps, input.dtype)
+    if options.scale == "expected":
+        mask = draw.inverse.expand(shape).contiguous()
+    else:
+        mask = torch.ones(shape, dtype=dtype, device=input.device)
+    index = _dropped_units(shape, draw.geometry, positions)
+    mask.view(-1).index_fill_(0, index, 0)
+    if options.scale == "batch":
+        mask = batch_scaled(mask, options.eps, input.dtype)
     output = torch.empty_strided(input.shape, strides, dtype=input.dtype, device=input.device)
     return torch.mul(input, mask, out=output)
+
+
+def drop_block_sparse(
+    input: Tensor, draw: Draw, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """``(output, positions)``: the dropped windows drawn from ``generator`` (their flat
+    positions over the mask planes' candidates) and ``input`` times their mask
+    (:func:`multiply`)."""
+    options = draw.options
+    planes = (1 if options.batchwise else input.shape[0]) * (
+        1 if options.shared_channels else input.shape[1]
+    )
+    total = planes * math.prod(draw.geometry.candidates)
+    positions = dropped_positions(total, draw.gamma, input.device, generator)
+    return multiply(input, draw, positions), positions

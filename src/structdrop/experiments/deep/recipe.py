@@ -1,17 +1,37 @@
-"""Training the Fig. 2 network: a recipe of setup, epoch and save steps.
+"""The Fig. 2 training recipe: setup, epochs, evaluation and checkpoints, in the order of a run.
 
 :class:`Recipe` reads top to bottom: :meth:`~Recipe.setup` loads the data, builds the network
 and its optimizer and resumes from the checkpoint when it holds this configuration;
 :meth:`~Recipe.train_epoch` makes one pass over the training set; :meth:`~Recipe.save` writes the
 checkpoint; :meth:`~Recipe.run` chains them. The loss is the squared error to one-hot targets,
-summed over samples (no 1/2, no mean); Adam with a linear warm-up and a cosine decay to 0.
+summed over samples (no 1/2, no mean); Adam with a linear warm-up and a cosine decay to 0. The
+functions it calls follow it: the evaluation, then the checkpoint.
 
-Under ``torch.distributed`` (``torchrun``) every process takes a contiguous part of each global
-batch of ``config.batch_size`` samples; the shuffles and the masks of the global batch come from
-``(seed, epoch)`` and ``(seed, step)`` (:mod:`.parallel`), and the summed loss is scaled by the
-number of processes so that DDP's averaged gradient is the gradient of the global sum. With a
-BatchNorm trunk the batch statistics are synchronized (SyncBatchNorm, CUDA only); on CPU use a
-trunk without BatchNorm (``tiny``) for results identical to one process.
+**Evaluation.** With ``G`` the d features of the N training samples (d x N, one column per
+sample) and ``U`` the last layer's weight (a x d), the masks make training SGD on (Thm 3.1,
+eq. 14-15)::
+
+    E_z ||Y - U diag(mu)^-1 diag(z) G||^2 = ||Y - U G||^2 + <Cbar, (U^T U) * (G G^T)>,
+
+evaluated on the whole training set in eval mode (no masks), in float64: a
+:class:`~structdrop.HeadMonitor` on the network's head accumulates the streaming statistics of
+its input over the training set (each process its part, summed over the processes), and
+:func:`~structdrop.head_report` gives the objective, its two terms, the best head for these
+features, the capacity bound (Prop. 3.3 / Thm 2.7) and the trained and predicted spectra.
+
+**Checkpoint.** Weights, optimizer state, history and progress, one verified unit
+(:mod:`structdrop._checkpoint`: a NumPy archive, never pickled), bound to the run's
+configuration and the source of its data (:func:`.config.run_identity`: a checkpoint made on one
+copy of a data set is not resumed on another) and, on load, checked against the network before
+anything is used: every weight and optimizer moment must have the network's shape and dtype (and
+be finite), and the history must hold as many epochs as the checkpoint says.
+
+**Processes.** Under ``torch.distributed`` (``torchrun``) every process takes a contiguous part
+of each global batch of ``config.batch_size`` samples; the shuffles and the masks of the global
+batch come from ``(seed, epoch)`` and ``(seed, step)`` (:mod:`.parallel`), and the summed loss is
+scaled by the number of processes so that DDP's averaged gradient is the gradient of the global
+sum. With a BatchNorm trunk the batch statistics are synchronized (SyncBatchNorm, CUDA only); on
+CPU use a trunk without BatchNorm (``tiny``) for results identical to one process.
 """
 
 from __future__ import annotations
@@ -28,17 +48,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import _validation as check
-from ..._checkpoint import CheckpointError
-from ...head import HeadReport
+from ..._checkpoint import CheckpointError, check_array, load_checkpoint, save_checkpoint
+from ...head import HeadMonitor, HeadReport
 from ...linear.sgd import DivergenceError
-from .checkpoint import load_state, save_state
-from .config import DeepConfig, make_scheme
+from ...schemes import Scheme
+from .config import DeepConfig, make_scheme, run_identity
 from .data import ImageData, load_images
-from .evaluation import empty_history, evaluate, record
 from .model import Fig2Net, build_model
-from .parallel import all_sum, autocast, channels_last, processes, shard, stream_generator
+from .parallel import (
+    Processes,
+    all_sum,
+    autocast,
+    channels_last,
+    processes,
+    shard,
+    stream_generator,
+)
 
-__all__ = ["Interrupted", "Recipe", "TrainResult", "learning_rate", "train"]
+__all__ = [
+    "CHECKPOINT_KIND",
+    "Interrupted",
+    "Recipe",
+    "TrainResult",
+    "check_state",
+    "empty_history",
+    "evaluate",
+    "learning_rate",
+    "load_state",
+    "record",
+    "save_state",
+    "train",
+]
 
 
 @dataclass
@@ -330,3 +370,174 @@ def train(
     """
     recipe = Recipe(config, checkpoint, progress, checkpoint_every, discard_foreign)
     return recipe.run(interrupt_after)
+
+
+# =============================================================================== evaluation
+
+#: Samples per forward pass of an evaluation.
+CHUNK = 500
+
+
+@torch.no_grad()
+def evaluate(
+    model: Fig2Net, data: ImageData, scheme: Scheme, procs: Processes, amp: bool
+) -> HeadReport:
+    """The report of the network's head on the whole training set, eval mode (see the module).
+
+    BatchNorm layers first get the statistics of the whole training set at the current weights
+    (:func:`recalibrate_batchnorm`), not the running averages of past batches, which lag behind
+    the weights and made the evaluated network much worse than the trained one. The model's
+    mode (training or eval) is restored.
+
+    Raises:
+        DivergenceError: the training diverged (features or weights not finite).
+    """
+    if not bool(torch.isfinite(model.head.weight).all()):
+        raise DivergenceError("the last layer's weights are not finite")
+    pieces = chunks(len(data), procs)
+    recalibrate_batchnorm(model, data, pieces, procs, amp)
+    batches = [
+        (channels_last(data.images[piece].to(procs.device), procs.device), data.labels[piece])
+        for piece in pieces
+    ]
+    monitor = HeadMonitor(model, head=model.head, scheme=scheme)
+    try:
+        with autocast(procs.device, amp):
+            return monitor.measure(batches, all_reduce=procs.world > 1)
+    except ValueError as error:
+        if "must be finite" not in str(error):
+            raise
+        raise DivergenceError("the features are not finite") from None
+    finally:
+        monitor.close()
+
+
+def chunks(n: int, procs: Processes, size: int = CHUNK) -> list[torch.Tensor]:
+    """This process's slice of ``range(n)`` in pieces; every process gets as many pieces (so
+    that SyncBatchNorm's collectives pair up)."""
+    count = max(1, math.ceil(math.ceil(n / procs.world) / size))
+    return list(torch.tensor_split(shard(torch.arange(n), procs), count))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: Fig2Net, data: ImageData, pieces: list[torch.Tensor], procs: Processes, amp: bool
+) -> None:
+    """Set BatchNorm running statistics to those of the training set ("precise BN").
+
+    Running statistics are reset and accumulated as plain averages (``momentum=None``) over a
+    forward pass of the training set in training mode, without masks and without gradients.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for piece in pieces:
+        x = data.images[piece].to(procs.device, non_blocking=True)
+        with autocast(procs.device, amp):
+            model.features(channels_last(x, procs.device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
+def empty_history() -> dict[str, list[Any]]:
+    """The curves of a run, empty."""
+    return {
+        "eval_step": [],  # iterations at which the deterministic objective was evaluated
+        "objective": [],
+        "fit": [],
+        "penalty": [],
+        "step_loss": [],  # per iteration: masked loss of the batch, times N / |batch|
+        "epoch_loss": [],  # per epoch: the masked loss summed over the epoch's batches
+    }
+
+
+def record(history: dict[str, list[Any]], step: int, report: HeadReport) -> None:
+    """Append the report of an evaluation at iteration ``step`` to ``history``."""
+    history["eval_step"].append(step)
+    history["objective"].append(report.objective)
+    history["fit"].append(report.fit)
+    history["penalty"].append(report.regularizer)
+
+
+# =============================================================================== checkpoint
+
+#: The kind of run a Fig. 2 checkpoint is bound to: a checkpoint of another kind is refused.
+CHECKPOINT_KIND = "structdrop.experiments.deep.train"
+
+
+def save_state(
+    path: Path,
+    config: DeepConfig,
+    source: dict[str, Any] | None,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[Any]],
+    epoch_seconds: list[float],
+) -> None:
+    """Write the state after ``epoch`` epochs to ``path`` (atomically), bound to ``config`` and
+    ``source``, the source of the data the run loaded (:func:`.config.run_identity`)."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "epoch_seconds": epoch_seconds,
+    }
+    save_checkpoint(path, kind=CHECKPOINT_KIND, identity=run_identity(config, source), state=state)
+
+
+def check_state(state: dict[str, Any], config: DeepConfig, model: nn.Module) -> None:
+    """Raise ValueError unless ``state`` fits ``model`` and ``config`` (shapes, dtypes, epoch)."""
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= config.epochs:
+        raise ValueError(f"epoch is {epoch!r}, expected an int in [1, {config.epochs}]")
+    weights, expected = state["model"], model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        raise ValueError("its model weights are not those of this network")
+    for name, tensor in expected.items():
+        check_array(weights[name], f"weight {name}", tuple(tensor.shape), tensor.dtype)
+    parameters = list(model.parameters())
+    for index, entry in state["optimizer"]["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                parameter = parameters[index]
+                check_array(
+                    value, f"optimizer {key} {index}", tuple(parameter.shape), parameter.dtype
+                )
+    history = state["history"]
+    if not isinstance(history, dict) or set(history) != set(empty_history()):
+        raise ValueError("its history is not a Fig. 2 history")
+    if len(state["epoch_seconds"]) != epoch or len(history["epoch_loss"]) != epoch:
+        raise ValueError(f"its history does not hold {epoch} epochs")
+
+
+def load_state(
+    path: Path,
+    config: DeepConfig,
+    source: dict[str, Any] | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any] | None:
+    """Restore ``model`` and ``optimizer`` from the checkpoint at ``path`` and return its state;
+    None when there is no file. A checkpoint that is not this run's (``config``, and ``source``,
+    the source of the data this run loaded) raises CheckpointError."""
+    state = load_checkpoint(
+        path,
+        kind=CHECKPOINT_KIND,
+        identity=run_identity(config, source),
+        check=lambda state: check_state(state, config, model),
+    )
+    if state is None:
+        return None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(path, f"is inconsistent: {error}") from None
+    return state
