@@ -16,13 +16,14 @@ is an overhead under 5 %. Run: ``python benchmarks/bench_deep.py [--device cuda]
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from _timing import device_sync, interleaved
 from structdrop.experiments.deep.config import DeepConfig
 from structdrop.experiments.deep.model import build_model
 from structdrop.experiments.deep.parallel import stream_generator
@@ -39,11 +40,6 @@ def _step(
         optimizer.step()
 
     return run
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -87,14 +83,11 @@ def main() -> None:
     for step in steps.values():  # warm-up (allocator, oneDNN/cuDNN kernel choice)
         step(None)
         step(None)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(options.rounds):
-        for name, step in steps.items():
-            _sync(device)
-            start = time.perf_counter()
-            step(None)
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(
+        {name: functools.partial(step, None) for name, step in steps.items()},
+        rounds=options.rounds,
+        sync=device_sync(device),
+    )
 
     base = statistics.median(times["none"])
     print(

@@ -12,58 +12,52 @@ revision can be timed the same way, in its own process::
 
 Goal (CPU eager): ours <= 0.25x ``F.dropout``.
 
-Run: ``python benchmarks/bench_dropblock_ratio.py [--rounds 15] [--calls 20] [--threads 2]``.
+Run: ``python benchmarks/bench_dropblock_ratio.py [--rounds 15] [--min-seconds 0.1] [--threads 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import structdrop
-from bench_layers import BLOCK, CPU_SHAPES, DROPOUT_GOAL, P, keep_freed_memory
+from _timing import interleaved, round_ratios
+from bench_layers import (
+    BLOCK,
+    CPU_SHAPES,
+    DROPOUT_GOAL,
+    P,
+    _forward_backward,
+    keep_freed_memory,
+)
 from structdrop.nn.functional import drop_block2d
 
 
-def forward_backward(layer: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]):
+def ratio_rounds(shape: tuple[int, ...], rounds: int, min_seconds: float) -> tuple:
+    """Median ms per call of ours and of ``F.dropout``, and ours / ``F.dropout`` per round."""
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
-
-    def run() -> None:
-        layer(x).backward(grad)
-        x.grad = None
-
-    return run
-
-
-def interleaved(shape: tuple[int, ...], rounds: int, calls: int) -> tuple[float, float, list]:
-    """Median ms per call of ours and of ``F.dropout``, and the per-round ratios."""
-    ours = forward_backward(lambda x: drop_block2d(x, P, BLOCK), shape)
-    dropout = forward_backward(lambda x: F.dropout(x, P), shape)
-    for run in (ours, dropout, ours, dropout):  # warm-up: caches, allocator
-        for _ in range(5):
-            run()
-    times: dict[str, list[float]] = {"ours": [], "dropout": []}
-    for _ in range(rounds):
-        for name, run in (("ours", ours), ("dropout", dropout)):
-            start = time.perf_counter()
-            for _ in range(calls):
-                run()
-            times[name].append((time.perf_counter() - start) / calls * 1e3)
-    ratios = [a / b for a, b in zip(times["ours"], times["dropout"], strict=True)]
-    return statistics.median(times["ours"]), statistics.median(times["dropout"]), ratios
+    steps = {
+        "ours": _forward_backward(lambda x: drop_block2d(x, P, BLOCK), x, grad),
+        "dropout": _forward_backward(lambda x: F.dropout(x, P), x, grad),
+    }
+    for _ in range(2):  # warm-up: caches, allocator
+        for step in steps.values():
+            for _ in range(5):
+                step()
+    times = interleaved(steps, rounds=rounds, min_seconds=min_seconds)
+    ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    return ms["ours"], ms["dropout"], round_ratios(times, "ours", "dropout")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=20, help="calls per round")
+    parser.add_argument("--min-seconds", type=float, default=0.1, help="seconds per round")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,13 +66,14 @@ def main() -> int:
     source = Path(structdrop.__file__).resolve().parents[1]
     print(
         f"structdrop from {source}, torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads, freed memory kept by malloc: {kept}; {args.rounds} rounds of {args.calls} calls"
+        f"threads, freed memory kept by malloc: {kept}; {args.rounds} rounds of at least "
+        f"{args.min_seconds} s"
     )
     print("\n| shape | ours ms | F.dropout ms | ratio per round: median (range) | goal |")
     print("|---|---|---|---|---|")
     missed = 0
     for shape in CPU_SHAPES:
-        ours, dropout, ratios = interleaved(shape, args.rounds, args.calls)
+        ours, dropout, ratios = ratio_rounds(shape, args.rounds, args.min_seconds)
         ratio = statistics.median(ratios)
         result = "ok" if ratio <= DROPOUT_GOAL else "miss"
         missed += result == "miss"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import scipy.linalg
@@ -25,11 +24,7 @@ import torchvision
 from torch import nn
 
 import structdrop as sd
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from _timing import device_sync, interleaved
 
 
 def eval_pass(options: argparse.Namespace) -> None:
@@ -59,14 +54,9 @@ def eval_pass(options: argparse.Namespace) -> None:
 
     for run in (plain, measure):  # warm-up
         run()
-    times: dict[str, list[float]] = {"plain": [], "measure": []}
-    for _ in range(options.rounds):
-        for name, run in (("plain", plain), ("measure", measure)):
-            _sync(device)
-            start = time.perf_counter()
-            run()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(
+        {"plain": plain, "measure": measure}, rounds=options.rounds, sync=device_sync(device)
+    )
     base = statistics.median(times["plain"])
     images = options.batch_size * options.batches
     print(
@@ -102,12 +92,7 @@ def report_cost(options: argparse.Namespace) -> None:
         runs[f"report, {name}"] = lambda law=law: sd.head_report(stats, weight, law)
     for run in runs.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(max(3, options.rounds // 2)):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(runs, rounds=max(3, options.rounds // 2))
     base = statistics.median(times["Cholesky solve (floor)"])
     print(f"\nhead_report, d = {d}, a = {a}, N = {n} (goal: at most 1 s)")
     print(f"{'computation':<28} {'time (s)':>9} {'ratio':>7}")

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _timing import device_sync, interleaved, round_ratios
 from structdrop import nn as sdnn
 
 try:
@@ -156,47 +157,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Step:
 # Timing
 
 
-def _sync(device: str) -> Callable[[], None]:
-    if device == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
-def interleaved(
-    steps: dict[str, Step], *, rounds: int, min_seconds: float, sync: Callable[[], None], seed: int
-) -> dict[str, list[float]]:
-    """Seconds per call of every step in each of ``rounds`` rounds; the steps take turns round by
-    round, each round of every step starting from the seed ``seed + round``. Every round is the
-    same number of calls, enough for the first step's round to last ``min_seconds``."""
-    first = next(iter(steps.values()))
-    calls = 1
-    while True:
-        sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            first()
-        sync()
-        if time.perf_counter() - start >= min_seconds:
-            break
-        calls *= 2
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(rounds):
-        for name, step in steps.items():
-            torch.manual_seed(seed + r)
-            sync()
-            start = time.perf_counter()
-            for _ in range(calls):
-                step()
-            sync()
-            times[name].append((time.perf_counter() - start) / calls)
-    return times
-
-
-def round_ratios(times: dict[str, list[float]], ours: str, base: str) -> list[float]:
-    """``ours`` / ``base`` in each round."""
-    return [a / b for a, b in zip(times[ours], times[base], strict=True)]
-
-
 def _ratio_cells(ratios: list[float]) -> str:
     """The median of the per-round ratios and their range, as two table cells."""
     return f"{statistics.median(ratios):.3f}x | {min(ratios):.2f}-{max(ratios):.2f}"
@@ -225,7 +185,7 @@ Row = tuple[str, str, int, float, float, list[float]]
 
 def time_models(args: argparse.Namespace, names: list[str]) -> tuple[list[Row], list[tuple]]:
     """Rows of the model table and (model, original compile s, converted compile s)."""
-    sync = _sync(args.device)
+    sync = device_sync(args.device)
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(args.device)
     y = torch.randint(0, CLASSES, (args.batch,), generator=generator).to(args.device)
@@ -283,7 +243,7 @@ LayerTimes = tuple[tuple[int, ...], dict[str, float], dict[str, list[float]]]
 def time_layer(args: argparse.Namespace) -> LayerTimes:
     """The shape, the median seconds of the three variants, and compiled DropBlock2d / each
     baseline in each round."""
-    sync = _sync(args.device)
+    sync = device_sync(args.device)
     shape = QUICK_LAYER_SHAPE if args.quick else LAYER_SHAPE
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn(shape, generator=generator).to(args.device).requires_grad_()

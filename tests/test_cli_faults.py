@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 import structdrop as sd
+from cli_checks import one_line_error
 from structdrop import CheckpointError
 from structdrop import _checkpoint as ckpt
 from structdrop.cli import app
@@ -31,15 +32,6 @@ from test_deep import tiny
 
 runner = CliRunner()
 QUICK_FIG1 = ["reproduce", "synthetic", "--quick", "--figure", "fig1"]
-
-
-def one_line_error(result, *phrases: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -768,6 +768,21 @@ def test_files_that_appear_during_a_run_change_nothing_it_records(tmp_path: Path
     assert "belongs to another run" in resumed.communicate()[1]
 
 
+def _structdrop_process(
+    arguments: list[str], prefix: list[str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m structdrop arguments`` of this checkout in another process (after
+    ``prefix``), its output captured."""
+    src = Path(deep_data.__file__).resolve().parents[3]
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "structdrop", *arguments],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _as_an_ordinary_user() -> list[str]:
     """A command prefix under which file modes apply: nothing for a user other than root;
     for root, setpriv without the capabilities that bypass them (skipped without setpriv)."""
@@ -787,15 +802,7 @@ def test_an_unreadable_idx_file_is_named_as_unreadable(tmp_path: Path) -> None:
     write_mnist(data, "MNIST")
     images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
     images.chmod(0)
-    src = Path(deep_data.__file__).resolve().parents[3]
-    done = subprocess.run(
-        [*_as_an_ordinary_user(), sys.executable, "-m", "structdrop",
-         *deep_run(tmp_path / "out", data)],
-        env={**os.environ, "PYTHONPATH": str(src)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    done = _structdrop_process(deep_run(tmp_path / "out", data), _as_an_ordinary_user())
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(images) in lines[0], done.stderr
@@ -810,14 +817,8 @@ def test_a_fifo_in_place_of_a_data_file_is_named_without_blocking(tmp_path: Path
     labels = data / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.unlink()
     os.mkfifo(labels)
-    src = Path(deep_data.__file__).resolve().parents[3]
-    done = subprocess.run(
-        [sys.executable, "-m", "structdrop", *deep_run(tmp_path / "out", data)],
-        env={**os.environ, "PYTHONPATH": str(src)},
-        capture_output=True,
-        text=True,
-        timeout=120,  # a blocked read fails the test instead of hanging the suite
-    )
+    # the timeout: a blocked read fails the test instead of hanging the suite
+    done = _structdrop_process(deep_run(tmp_path / "out", data), timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(labels) in lines[0] and "FIFO" in lines[0], done.stderr

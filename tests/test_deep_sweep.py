@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import structdrop as sd
+from cli_checks import one_line_error
 from structdrop.cli import app
 from structdrop.experiments import report
 from structdrop.experiments.deep import data as deep_data
@@ -151,9 +152,7 @@ def test_options_the_sweep_sets_itself_are_one_line(
 ) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, [*SWEEP, *options, "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and phrase in lines[0], lines
+    one_line_error(result, phrase)
     assert not out.exists()
 
 

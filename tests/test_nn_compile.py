@@ -199,6 +199,25 @@ def test_generator_under_compile_is_a_clear_error():
     assert out.shape == (2, 3, 8, 8)
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_a_layers_generator_draws_its_masks_under_compile(backend):
+    """Without fullgraph the layer's own generator draws the mask, as in eager mode: the
+    output follows that generator, not torch's default one."""
+    x = torch.randn(2, 4, 8, 8)
+    layer = sdnn.DropBlock2d(0.3, 3, generator=torch.Generator().manual_seed(5))
+    expected = layer(x)
+    layer.generator.manual_seed(5)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=backend)
+    outputs = []
+    for default_seed in (0, 1):
+        layer.generator.manual_seed(5)
+        torch.manual_seed(default_seed)
+        outputs.append(compiled(x))
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(outputs[0], expected)
+
+
 def test_export_of_a_model_in_eval_mode():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),

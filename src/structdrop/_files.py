@@ -8,6 +8,7 @@ gone (:func:`remove_stale_temporaries`), so a rerun leaves no litter behind.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -53,6 +54,14 @@ def _make_parents(folder: Path) -> list[Path]:
         _remove_empty(made)
         raise
     return made
+
+
+def remove_if_empty(out: Path, existed: bool) -> None:
+    """Remove an empty ``checkpoints`` folder in ``out``, and ``out`` itself if the caller
+    created it (``existed`` False) and it is empty now."""
+    for folder in (out / "checkpoints", *(() if existed else (out,))):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -93,15 +93,12 @@ def _acquire(path: Path, what: str, wait: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def owning(
-    out: str | os.PathLike[str], names: list[str], what: str | None = None
-) -> Iterator[None]:
+def owning(out: str | os.PathLike[str], names: list[str]) -> Iterator[None]:
     """Own the results ``names`` in folder ``out`` (which must exist) for the block.
 
     Args:
         out: the results folder.
         names: the results' names (``"fig2"``, ``"fig1"``, ...), each locked by its own file.
-        what: how the messages name the results (default: ``<out>/<name>.*``).
 
     Raises:
         ResultBusyError: another process owns one of the names; nothing is held then.
@@ -110,7 +107,7 @@ def owning(
     try:
         for name in names:
             path = lock_path(out, name)
-            descriptor = _acquire(path, what or f"{Path(out) / name}.*")
+            descriptor = _acquire(path, f"{Path(out) / name}.*")
             os.ftruncate(descriptor, 0)
             os.write(descriptor, _describe_self())
             held.append((path, descriptor))

@@ -32,7 +32,7 @@ from typing import Annotated, Any, NoReturn
 import numpy as np
 import typer
 
-from ._files import remove_stale_temporaries_under
+from ._files import remove_if_empty, remove_stale_temporaries_under
 from .experiments.deep.config import CHECKPOINT_EVERY, DeepConfig, default_text
 from .experiments.figures import FIGURES
 
@@ -139,14 +139,6 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _remove_if_empty(out: Path, existed: bool) -> None:
-    """Remove ``out`` if this command created it and it is still empty, and an empty
-    ``checkpoints`` folder in it."""
-    for folder in (out / "checkpoints", *(() if existed else (out,))):
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only when empty
-
-
 def _interruptible(
     run: Callable[[], None], out: Path, checkpoints: Callable[[], list[Path]]
 ) -> None:
@@ -162,7 +154,7 @@ def _interruptible(
         if _exists(out):
             remove_stale_temporaries_under(out)  # what stopped workers were writing
         kept = [path for path in checkpoints() if _exists(path)]
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         if kept:
             where = kept[0] if len(kept) == 1 else kept[0].parent
             message = f"interrupted: rerun the same command to resume from {where}"
@@ -226,7 +218,7 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
         _io.check_out_dir(out)
         report.check_report(out, force)
     except (ValueError, TypeError) as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(str(error))
     began = [time.perf_counter()]
 
@@ -251,10 +243,10 @@ def _synthetic(figure: list[str] | None, quick: bool, out: Path, seed: int, forc
         )
         path = report.write_report(out, force)
     except _user_errors(DivergenceError) as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:  # writing results or checkpoints: a full disk, a read-only folder
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_environment_error(error, out))
     typer.echo(f"report: {path}")
 
@@ -440,7 +432,7 @@ def _deep(
         _io.check_out_dir(out)
         report.check_report(out, force)
     except (ValueError, TypeError) as error:  # the options themselves
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(str(error))
     from .experiments.deep.data import MissingDataError
     from .experiments.deep.experiment import run_deep
@@ -460,10 +452,10 @@ def _deep(
         if procs.main:
             path = report.write_report(out, force)
     except _user_errors(MissingDataError, DivergenceError) as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:  # the data, results or checkpoints: unreadable, read-only, full
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_environment_error(error, out))
     if not procs.main:
         return
@@ -487,6 +479,10 @@ def _sweep(
     options: dict[str, Any],
 ) -> None:
     """``reproduce deep --sweep``: every cell an ordinary run into ``out`` (see the help)."""
+    if name is not None:  # checked before the imports below (torch): a usage error is quick
+        fail("--name names one run: the sweep names its cells itself")
+    if list_cells and collect:
+        fail("--list and --collect exclude each other")
     from . import _validation as check
     from .experiments import _io, report
     from .experiments.deep import sweep
@@ -497,10 +493,6 @@ def _sweep(
 
     existed = _exists(out)
     try:
-        if name is not None:
-            raise ValueError("--name names one run: the sweep names its cells itself")
-        if list_cells and collect:
-            raise ValueError("--list and --collect exclude each other")
         sweep.check_base(options)
         base = config_from_options(quick=quick, **options)
         check.check_nonnegative(checkpoint_every, "--checkpoint-every")
@@ -511,7 +503,7 @@ def _sweep(
         _io.check_out_dir(out)
         report.check_report(out, force)
     except (ValueError, TypeError) as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(str(error))
 
     def announce(cell: Any, data: dict[str, Any]) -> None:
@@ -538,10 +530,10 @@ def _sweep(
         if procs.main:
             path = report.write_report(out, force)
     except _user_errors(MissingDataError, DivergenceError) as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_user_error(error))
     except OSError as error:
-        _remove_if_empty(out, existed)
+        remove_if_empty(out, existed)
         fail(_environment_error(error, out))
     if not procs.main:
         return

@@ -26,13 +26,14 @@ import numpy as np
 
 from .._checkpoint import npy_header
 from .._files import NotAFileError, file_kind, open_regular, write_atomically
-from .._locks import exclusive
+from .._locks import exclusive, lock_path
 
 __all__ = [
     "InputError",
     "check_out_dir",
     "load_matrix",
     "normalized",
+    "read_experiment",
     "read_figure",
     "read_json",
     "record_timing",
@@ -93,6 +94,16 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(stream.read().decode("utf-8"))
 
 
+def read_experiment(path: str | os.PathLike[str], experiment: str) -> dict[str, Any] | None:
+    """The data that an ``experiment`` run (its ``"experiment"`` field) stored at ``path``;
+    None when the file is missing, unreadable, not JSON or another experiment's."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("experiment") == experiment else None
+
+
 def normalized(value: Any) -> Any:
     """``value`` as it reads back from a JSON file (tuples as lists, NumPy numbers as Python's),
     for comparing settings with those stored in a file."""
@@ -124,7 +135,7 @@ def record_timing(out: str | os.PathLike[str], name: str, timing: dict[str, Any]
     """Store how long figure ``name`` took in ``<out>/timings.json`` (atomically). Timings are
     kept out of the figures' data, so that the same seed gives the same bytes there."""
     path = Path(out) / "timings.json"
-    with exclusive(Path(out) / ".timings.lock"):  # runs of other results may write it too
+    with exclusive(lock_path(out, "timings")):  # runs of other results may write it too
         try:
             timings = read_json(path)
         except (OSError, ValueError):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checkpoint import CheckpointError
-from .._files import remove_stale_temporaries_under
+from .._files import remove_if_empty, remove_stale_temporaries_under
 from .._locks import owning
 from ..linear import DivergenceError
 from . import _io, plots
@@ -179,10 +179,8 @@ def run(
             remove_stale_temporaries_under(out)  # of runs killed outright (SIGKILL)
             return _run_owned(names, out, base, force, progress, report)
     except BaseException:
-        if fresh:  # leave no empty folder behind (rmdir: only when empty)
-            for folder in (out / "checkpoints", out):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        if fresh:  # leave no empty folder behind
+            remove_if_empty(out, existed=False)
         raise
 
 

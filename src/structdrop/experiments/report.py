@@ -96,15 +96,8 @@ def build_report(out: str | Path) -> str:
 
 def _deep_results(out: Path) -> list[dict[str, Any]]:
     """The data of every Fig. 2 run in ``out`` (``fig2*.json``), one per data set."""
-    found = []
-    for path in sorted(out.glob("fig2*.json")):
-        try:
-            data = _io.read_json(path)
-        except (OSError, ValueError):
-            continue  # not Fig. 2 data: reported as not run
-        if isinstance(data, dict) and data.get("experiment") == "fig2":
-            found.append(data)
-    return found
+    found = (_io.read_experiment(path, "fig2") for path in sorted(out.glob("fig2*.json")))
+    return [data for data in found if data is not None]  # others: reported as not run
 
 
 def _deep_sections(found: list[dict[str, Any]]) -> list[str]:
@@ -288,13 +281,7 @@ def check_report(out: str | Path, force: bool = False) -> None:
 
 def _sweep_data(out: Path) -> dict[str, Any] | None:
     """The sweep's data in ``out`` (``sweep.json``), or None."""
-    try:
-        data = _io.read_json(out / "sweep.json")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("experiment") != "fig2-sweep":
-        return None
-    return data
+    return _io.read_experiment(out / "sweep.json", "fig2-sweep")
 
 
 def _percent(value: float | None) -> str:

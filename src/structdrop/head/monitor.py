@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import nn as sdnn
 from ..schemes import Bernoulli, DropConnect, GridBlock, Scheme, check_scheme
 from .report import HeadReport, head_report
 from .stats import HeadStats
@@ -106,8 +107,6 @@ def find_head(model: nn.Module, head: nn.Module | None = None) -> tuple[nn.Linea
 
 def _dropout_law(module: nn.Module) -> Scheme | None:
     """The law of a dropout layer on a feature vector, or None for any other module."""
-    from .. import nn as sdnn
-
     if isinstance(module, nn.Dropout):
         return Bernoulli(float(module.p))
     if isinstance(module, sdnn.BlockDropout) and module.dim in (-1, 1):
@@ -118,8 +117,6 @@ def _dropout_law(module: nn.Module) -> Scheme | None:
 
 
 def _is_dropout_like(module: nn.Module) -> bool:
-    from .. import nn as sdnn
-
     others = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
     return isinstance(module, (*others, sdnn.BlockDropout))
 
@@ -131,8 +128,6 @@ def head_law(model: nn.Module, head: nn.Module) -> Scheme:
         ValueError: no dropout found in front of the head, or one whose law is not known
             here; the message says to pass ``scheme=``.
     """
-    from .. import nn as sdnn
-
     inner = _unwrapped(model)
     if isinstance(head, sdnn.DropConnectLinear):
         return DropConnect(float(head.p))

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .. import _validation as check
+from .._arrays import to_numpy
 from .._threads import small_work
 from ..ksupport import ksupport_norm, prox_ksupport_sq
 from ..optimum import regularization_strength
@@ -142,17 +143,9 @@ def _relative(excess: float, reference: float | None) -> float | None:
     return None if reference is None or reference <= 0.0 else excess / reference
 
 
-def _numpy(value: Tensor | None) -> np.ndarray:
-    assert value is not None
-    return value.detach().to("cpu", torch.float64).numpy()
-
-
 def _as_matrix(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """``value`` (a tensor or an array) as a finite float64 NumPy array of ``shape``."""
-    if isinstance(value, Tensor):
-        array = value.detach().to("cpu", torch.float64).numpy()
-    else:
-        array = np.asarray(value, dtype=np.float64)
+    array = to_numpy(value, name)
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
     if not np.isfinite(array).all():
@@ -271,9 +264,10 @@ def head_report(stats: HeadStats, weight: Any, scheme: Scheme, *, bias: Any = No
     check.check_law_on_units(units, "head_report")
     U = _as_matrix(weight, "weight", (a, d))
     b = None if bias is None else _as_matrix(bias, "bias", (a,))
-    S, R = _numpy(stats.gram), _numpy(stats.cross)
-    g_sum, y_sum = _numpy(stats.feature_sum), _numpy(stats.target_sum)
-    YY = np.diag(y_sum) if stats.labels else _numpy(stats.target_gram)
+    sums = {name: to_numpy(value, name) for name, value in stats._sums().items()}
+    S, R = sums["gram"], sums["cross"]
+    g_sum, y_sum = sums["feature_sum"], sums["target_sum"]
+    YY = np.diag(y_sum) if stats.labels else sums["target_gram"]
     with small_work(float(a) * d * d + float(d) ** 3 / 3):
         # the fit and the regularizer of U (and b): one product U S
         US = U @ S
@@ -292,10 +286,12 @@ def head_report(stats: HeadStats, weight: Any, scheme: Scheme, *, bias: Any = No
         M = S_fit + 0.0  # a copy: S may share the statistics' memory
         sampler = units.sampler
         blocks: int | None = None
+        energies: np.ndarray | None = None  # <U_i S_ii, U_i> of each block
         if isinstance(sampler, IndependentBlocks):  # Cbar = c blockdiag(1 1^T): blockwise
             blocks = sampler.block_size
             c = (1.0 - sampler.keep_prob) / sampler.keep_prob
-            regularizer = c * _blockwise(U, S, blocks)
+            energies = _block_energies(U, S, blocks)
+            regularizer = c * math.fsum(energies)
             k = d // blocks
             index = np.arange(k)
             M.reshape(k, blocks, k, blocks)[index, :, index, :] += c * _diagonal_blocks(S, blocks)
@@ -308,13 +304,11 @@ def head_report(stats: HeadStats, weight: Any, scheme: Scheme, *, bias: Any = No
         best_objective = float(np.trace(YY_fit)) - float(np.vdot(best, R_fit))
         best_bias = None if b is None else (y_sum - best @ g_sum) / n
         # spectra and blocks of the (centred) predictions
-        US_fit = US if b is None else US - np.outer(U @ g_sum, g_sum) / n
+        US_fit = US if b is None else US - np.outer(Ug, g_sum) / n
         singular = _spectrum(US_fit @ U.T)[: min(a, d)]
-        norms = (
-            None
-            if blocks is None
-            else np.sqrt(np.clip(_block_energies(U, S_fit, blocks), 0.0, None))
-        )
+        if blocks is not None and b is not None:
+            energies = _block_energies(U, S_fit, blocks)  # of the centred features
+        norms = None if energies is None else np.sqrt(np.clip(energies, 0.0, None))
     targets = _spectrum(YY_fit)
     bound, beta, r, predicted, note = _capacity(units, d, targets)
     excess_best = objective - best_objective
@@ -361,8 +355,3 @@ def _block_energies(U: np.ndarray, S: np.ndarray, r: int) -> np.ndarray:
     a, d = U.shape
     blocks = U.reshape(a, d // r, r)
     return np.einsum("akr,krs,aks->k", blocks, _diagonal_blocks(S, r), blocks, optimize=True)
-
-
-def _blockwise(U: np.ndarray, S: np.ndarray, r: int) -> float:
-    """``sum_i <U_i S_ii, U_i>``: the quadratic form of the block diagonal of S."""
-    return float(math.fsum(_block_energies(U, S, r)))

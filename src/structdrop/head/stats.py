@@ -133,8 +133,9 @@ class HeadStats:
             )
         if labels:
             y = targets.detach().reshape(-1).to(device=device, dtype=torch.int64)
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.outputs):
-                bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            low, high = (int(v) for v in torch.aminmax(y)) if y.numel() else (0, 0)
+            if low < 0 or high >= self.outputs:
+                bad = low if low < 0 else high
                 raise ValueError(
                     f"labels must lie in [0, {self.outputs}) (the head's out_features), got "
                     f"{bad}; nothing of this batch was added"

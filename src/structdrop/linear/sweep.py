@@ -66,8 +66,7 @@ def _start_worker(parent: int, blas_threads: dict[str, int]) -> None:
         daemon=True,
     )
     watcher.start()
-    _CALLER_BLAS_THREADS.update(blas_threads)
-    _take_blas_threads(_CALLER_BLAS_THREADS)
+    _CALLER_BLAS_THREADS.update(blas_threads)  # taken by each job (_call)
 
 
 #: In a worker: the thread count of each BLAS library of the sweep's caller, by file.

@@ -147,10 +147,7 @@ class BlockDropout(nn.Module):
                 return node
             options = {"dim": self._dim, "training": self.training, "inplace": self.inplace}
             return block_dropout(input, self._p, self._block_size, **options, generator=generator)
-        if generator is None:
-            generator = self._generator
-        else:
-            check.check_generator(generator)
+        generator = self._generator if generator is None else check.check_generator(generator)
         return masked_blocks(
             input, self._p, self._block_size, self._dim, self.training, self.inplace, generator
         )
@@ -237,10 +234,8 @@ class _DropBlockNd(nn.Module):
             node = fx_node(self, input, generator)
             if node is not None:
                 return node
-        elif generator is None:
-            generator = self._generator
         else:
-            check.check_generator(generator)
+            generator = self._generator if generator is None else check.check_generator(generator)
         return drop_block_masked(input, self._rate, self.options, self.training, generator)
 
     def extra_repr(self) -> str:
@@ -395,10 +390,7 @@ class DropConnectLinear(nn.Linear):
                 input, self.weight, self.bias, self._p, per_sample=self.per_sample,
                 training=self.training, generator=generator, chunk_size=self._chunk_size,
             )  # fmt: skip
-        if generator is None:
-            generator = self._generator
-        else:
-            check.check_generator(generator)
+        generator = self._generator if generator is None else check.check_generator(generator)
         return masked_linear(
             input, self.weight, self.bias, self._p, self.per_sample, self.training, generator,
             self._chunk_size,
@@ -459,10 +451,7 @@ class StructuredDropout(nn.Module):
                 return node
             options = {"training": self.training, "inplace": self.inplace}
             return structured_dropout(input, self._scheme, **options, generator=generator)
-        if generator is None:
-            generator = self._generator
-        else:
-            check.check_generator(generator)
+        generator = self._generator if generator is None else check.check_generator(generator)
         return masked_units(input, self._scheme, self.training, generator, self.inplace)
 
     def extra_repr(self) -> str:

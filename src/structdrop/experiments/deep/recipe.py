@@ -396,10 +396,10 @@ def evaluate(
         raise DivergenceError("the last layer's weights are not finite")
     pieces = chunks(len(data), procs)
     recalibrate_batchnorm(model, data, pieces, procs, amp)
-    batches = [
+    batches = (  # one piece on the device at a time
         (channels_last(data.images[piece].to(procs.device), procs.device), data.labels[piece])
         for piece in pieces
-    ]
+    )
     monitor = HeadMonitor(model, head=model.head, scheme=scheme)
     try:
         with autocast(procs.device, amp):

@@ -25,7 +25,7 @@ from typing import Any
 from ... import _validation as check
 from .. import _io, plots
 from .config import DeepConfig
-from .data import data_source
+from .data import GENERATED_DATASETS, locate_files
 from .experiment import run_deep
 from .parallel import processes
 
@@ -75,8 +75,7 @@ def law_label(scheme: str, block_size: int) -> str:
 def available(dataset: str, base: DeepConfig) -> bool:
     """Whether the files of ``dataset`` are at hand (torchvision's under ``data_dir``, or an
     installed copy); the data sets generated from the seed always are."""
-    source = data_source(dataclasses.replace(base, dataset=dataset))
-    return source is None or source["loader"] is not None
+    return dataset in GENERATED_DATASETS or locate_files(dataset, base.data_dir) is not None
 
 
 def cells(base: DeepConfig, datasets: tuple[str, ...] | None = None) -> list[Cell]:
@@ -120,14 +119,10 @@ def cell_commands(grid: list[Cell], out: Path) -> list[str]:
 def _done(out: Path, cell: Cell) -> dict[str, Any] | None:
     """The cell's results in ``out`` when it is finished with its configuration, else None
     (another file of that name is refused by the cell's own run, not here)."""
-    try:
-        data = _io.read_json(out / f"{cell.name}.json")
-    except (OSError, ValueError):
+    data = _io.read_experiment(out / f"{cell.name}.json", "fig2")
+    if data is None:
         return None
-    identity = _io.normalized(cell.config.identity())
-    if not isinstance(data, dict) or data.get("experiment") != "fig2":
-        return None
-    return data if data.get("config") == identity else None
+    return data if data.get("config") == _io.normalized(cell.config.identity()) else None
 
 
 def _row(cell: Cell, data: dict[str, Any] | None) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ... import _validation as check
+from .._masking import zero_output
 from .._tracing import check_traceable_generator, fx_node
 from .dense import drop_block_dense
 from .options import DropBlockOptions
@@ -196,14 +197,18 @@ def drop_block_masked(
     if value == 0.0:
         return input
     if value == 1.0:  # everything dropped, as F.dropout(input, 1.0)
-        return input.mul_(0.0) if options.inplace else input * 0.0
-    if generator is not None and compiling:
+        return zero_output(input, options.inplace)
+    if generator is not None:  # (a call fewer on the common path)
         check_traceable_generator(generator)
+    if input.is_meta:  # shape propagation: no draw
+        seed = torch.zeros((), dtype=torch.int64, device="cpu")
+    elif generator is not None:
+        seed = torch.randint(SEED_BOUND, (), generator=generator, device=generator.device).cpu()
+    elif compiling:  # (a generator=None keyword breaks symbolic batch sizes)
+        seed = torch.randint(SEED_BOUND, (), dtype=torch.int64, device="cpu")
+    else:
+        seed = torch.randint(SEED_BOUND, (), dtype=torch.int64).cpu()
     if compiling or input.is_meta:  # the operator: one node of the graph
-        if input.is_meta:  # shape propagation: no draw
-            seed = torch.zeros((), dtype=torch.int64, device="cpu")
-        else:  # (a generator=None keyword breaks symbolic batch sizes)
-            seed = torch.randint(SEED_BOUND, (), dtype=torch.int64, device="cpu")
         if isinstance(p, Tensor):  # a layer's rate, which may change before the backward
             rate = rate_copy_op(p)
         else:
@@ -212,9 +217,5 @@ def drop_block_masked(
             rate = torch.ones(1, dtype=torch.float64, device="cpu") * p
         output = drop_block_op(input, seed, rate, *options.operator_arguments(input.ndim - 2))
     else:
-        if generator is None:
-            seed = torch.randint(SEED_BOUND, (), dtype=torch.int64)
-        else:
-            seed = torch.randint(SEED_BOUND, (), generator=generator, device=generator.device)
-        output = _SameMask.apply(input, seed.cpu(), value, options)
+        output = _SameMask.apply(input, seed, value, options)
     return input.copy_(output) if options.inplace else output
